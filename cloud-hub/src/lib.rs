@@ -1,0 +1,9 @@
+//! CartWise cloud hub: Postgres store, seeding, HTTP API. The `cartwise-hub` binary wires these.
+//!
+//! Architecture Invariant: the hub keeps no state outside Postgres, so several hub processes can
+//! share one database.
+
+pub mod db;
+pub mod http;
+pub mod seed;
+pub mod world;

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target under fuzz/fuzz_targets.
+#
+#   scripts/fuzz.sh --bounded        each target for $CARTWISE_FUZZ_SECONDS (default 20) seconds
+#   scripts/fuzz.sh TARGET [SECONDS] one target, longer (default 600 s)
+#
+# cargo-fuzz needs a nightly toolchain. Where none is installed the bounded run says so and
+# exits 0: the committed corpus and every crasher under fuzz/regressions are replayed by the
+# stable test suite anyway. A crash fails the run and leaves its input under fuzz/artifacts;
+# commit it under fuzz/regressions/TARGET/ so it stays a regression test.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+[ -d fuzz/fuzz_targets ] || { echo "no fuzz targets"; exit 0; }
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "fuzz: skipped, no nightly toolchain (corpus and regressions are replayed by the tests)"
+  exit 0
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz (cargo install, once)"
+  cargo install --locked --quiet cargo-fuzz
+fi
+
+run_one() { # run_one TARGET SECONDS
+  local target=$1 seconds=$2 corpus="fuzz/corpus/$1"
+  mkdir -p "$corpus"
+  echo "fuzz: $target for ${seconds}s"
+  (cd fuzz && cargo +nightly fuzz run --sanitizer none "$target" "../$corpus" -- \
+      -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=0 2>&1 | tail -n 3)
+}
+
+if [ "${1:-}" = "--bounded" ]; then
+  seconds=${CARTWISE_FUZZ_SECONDS:-20}
+  for file in fuzz/fuzz_targets/*.rs; do run_one "$(basename "$file" .rs)" "$seconds"; done
+else
+  [ -n "${1:-}" ] || { echo "usage: scripts/fuzz.sh --bounded | TARGET [SECONDS]" >&2; exit 2; }
+  run_one "$1" "${2:-600}"
+fi
