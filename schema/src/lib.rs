@@ -49,7 +49,7 @@ pub use state::{
     AnomalyKind, HookPolarity, HookState, PostStatus, Presence, RentalStatus, StateError,
 };
 pub use time::{
-    BootId, BootOffset, BootOffsets, CorrectedWall, Elapsed, ElapsedBasis,
+    BootId, BootOffset, BootOffsets, Clock, ClockReading, CorrectedWall, Elapsed, ElapsedBasis,
     HLC_MAX_DRIFT_MS_DEFAULT, HLC_WALL_MS_MAX, Hlc, HlcClock, HlcError, MonoMillis, Stamp,
     TimeError, WallMillis, corrected_wall, duration_ms,
 };

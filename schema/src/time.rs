@@ -349,3 +349,20 @@ impl FromStr for MonoMillis {
         input.parse::<u64>().map(Self).map_err(|_| invalid())
     }
 }
+
+/// One reading of a device's clocks: wall time, the boot, and monotonic time within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockReading {
+    /// The local wall clock, possibly wrong.
+    pub wall: WallMillis,
+    /// The boot the monotonic time belongs to.
+    pub boot: BootId,
+    /// Milliseconds since that boot began.
+    pub mono: MonoMillis,
+}
+
+/// The seam through which a daemon reads its clocks; tests pass a manual fake.
+pub trait Clock: Send + Sync {
+    /// Reads the wall clock, the boot id and the monotonic clock at one instant.
+    fn read(&self) -> ClockReading;
+}

@@ -1,12 +1,28 @@
 //! `cartwise-tech`: the technician's laptop CLI.
 
+use std::process::ExitCode;
+
+use cartwise_edge_node::bus_cli;
 use clap::Parser;
 
 /// CartWise technician tool: enroll Pis, test the lock bus, carry a branch's data by hand.
 #[derive(Debug, Parser)]
 #[command(name = "cartwise-tech", version, about)]
-enum Command {}
+enum Command {
+    /// Test the RS485 lock bus: scan, status, unlock, pulse, watch.
+    Bus(bus_cli::BusArgs),
+}
 
-fn main() -> anyhow::Result<()> {
-    match Command::parse() {}
+#[tokio::main]
+async fn main() -> ExitCode {
+    let result = match Command::parse() {
+        Command::Bus(args) => bus_cli::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

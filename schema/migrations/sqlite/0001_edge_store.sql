@@ -26,11 +26,14 @@ CREATE TABLE boots (
 ) STRICT;
 
 -- The posts of this node's boards and what the node last sensed and decided about them.
+-- `service` is the held-away state ('in_service', 'maintenance', 'out_of_service', 'fault');
+-- the status a post shows (available, in use, empty, reserved, ...) is derived from it, the
+-- sensed hook and presence, and the rentals and reservations that hold the post.
 CREATE TABLE posts (
     post          INTEGER PRIMARY KEY NOT NULL,
     board         INTEGER NOT NULL CHECK (board BETWEEN 0 AND 9),
     lock          INTEGER NOT NULL CHECK (lock BETWEEN 1 AND 16),
-    status        TEXT NOT NULL DEFAULT 'available',
+    service       TEXT NOT NULL DEFAULT 'in_service',
     hook          TEXT NOT NULL DEFAULT 'unknown',
     present       INTEGER,
     fault         TEXT,
@@ -51,6 +54,7 @@ CREATE TABLE rentals (
     start_boot        TEXT NOT NULL,
     start_mono_ms     INTEGER NOT NULL,
     start_hlc         TEXT NOT NULL,
+    taken_hlc         TEXT,
     end_wall_ms       INTEGER,
     end_boot          TEXT,
     end_mono_ms       INTEGER,
@@ -59,10 +63,10 @@ CREATE TABLE rentals (
     return_device     TEXT,
     note              TEXT
 ) STRICT;
--- Invariant 4, enforced by the store itself: at most one open rental per post, and (locally)
--- one per phone.
-CREATE UNIQUE INDEX rentals_one_open_per_post ON rentals (post)
-    WHERE status IN ('unlocking', 'active');
+-- Invariant 4, enforced by the store itself: at most one rental holds a post's cart (unlocking,
+-- or active with the cart not yet taken), and (locally) one open rental per phone.
+CREATE UNIQUE INDEX rentals_one_holding_per_post ON rentals (post)
+    WHERE status = 'unlocking' OR (status = 'active' AND taken_hlc IS NULL);
 CREATE UNIQUE INDEX rentals_one_open_per_phone ON rentals (phone)
     WHERE status IN ('unlocking', 'active');
 
