@@ -94,6 +94,7 @@ case "${1:-}" in
   test) cmd_test ;;
   deps) deps_system; deps_tools ;;
   pg) shift; exec scripts/pg.sh "$@" ;;
-  edge|hub) die "installing the $1 as a system service is not available in this version" ;;
+  edge) shift; exec scripts/install-edge.sh "$@" ;;
+  hub) die "installing the $1 as a system service is not available in this version" ;;
   *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -191,12 +191,17 @@ async fn tick(engine: Arc<Engine>, mut stopped: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stopped.wait_for(|s| *s) => return,
-        }
+        let stopping = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = stopped.wait_for(|s| *s) => true,
+        };
+        // The last tick of a clean stop records how far this boot's clocks got, so the time
+        // counted before a restart is not lost (a power cut loses at most one `TICK`).
         if let Err(error) = engine.tick().await {
             tracing::error!(%error, "periodic upkeep failed");
+        }
+        if stopping {
+            return;
         }
     }
 }

@@ -136,6 +136,7 @@ pub fn router(kiosk: Arc<Kiosk>) -> Router {
         .route("/api/v1/admin/time", post(routes_auth::set_time))
         .merge(assets::router())
         .fallback(errors::not_found)
+        .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

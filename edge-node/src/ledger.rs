@@ -189,6 +189,13 @@ pub fn set_sensed(
     Ok(())
 }
 
+/// Records the hook alone (the bus reported it; presence is the poller's to tell).
+pub fn set_hook(conn: &Connection, post: PostNo, hook: HookState) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE posts SET hook = ?1 WHERE post = ?2")?
+        .execute(params![hook.as_str(), post.get()])?;
+    Ok(())
+}
+
 /// Sets a post's service state (and its fault text, cleared unless the state is `Fault`).
 pub fn set_service(
     conn: &Connection,

@@ -195,8 +195,6 @@
     dockNote: false,
     errorText: '',
     errorRetry: null,
-    returnedMessage: '',
-    returnedMessageLang: '',
     autoHomeAt: 0,
     lastActivity: Date.now(),
     health: 'unknown',
@@ -438,8 +436,7 @@
         setHidden('dock-note', !state.dockNote);
         break;
       case 'returned':
-        setText('returned-message', state.returnedMessage && state.returnedMessageLang === state.lang
-          ? state.returnedMessage : t('returnedSub'));
+        setText('returned-message', t('returnedSub'));
         setText('returned-countdown', t('countdown', { s: secondsLeft(state.autoHomeAt) }));
         break;
       case 'error':
@@ -643,8 +640,6 @@
     }
     if (!isCurrent(gen) || state.screen !== 'dock') return;
     if (data.returned === true) {
-      state.returnedMessage = typeof data.message === 'string' ? data.message : '';
-      state.returnedMessageLang = state.lang;
       state.autoHomeAt = Date.now() + RETURNED_HOME_MS;
       show('returned');
       return;

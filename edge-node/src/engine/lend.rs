@@ -124,7 +124,7 @@ impl Engine {
                 }
                 rental.status = RentalStatus::Active;
                 state.save_rental(tx, &rental)?;
-                ledger::set_sensed(tx, post.post, HookState::Open, post.present)?;
+                ledger::set_hook(tx, post.post, HookState::Open)?;
                 ledger::note_use(tx, post.post, at.hlc)?;
                 ledger::append_event(
                     tx,

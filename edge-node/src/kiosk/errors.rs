@@ -2,7 +2,6 @@
 //! `{"detail": …}` in the shopper's language, with the status code the existing API used.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
@@ -264,19 +263,44 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let lang = Lang::of(req.headers());
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(Body(value)),
-            Err(rejection) => {
-                let status = match rejection {
-                    JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                    _ => StatusCode::UNPROCESSABLE_ENTITY,
-                };
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            });
+        // The body is always read (within the size limit) before it is judged, so a refused
+        // request never leaves unread bytes on a kept-alive connection.
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
                 tracing::debug!(%rejection, "kiosk body refused");
-                Err(KioskError::kiosk(status, lang, KioskMessage::BadBody))
-            }
+                KioskError::kiosk(StatusCode::PAYLOAD_TOO_LARGE, lang, KioskMessage::BadBody)
+            })?;
+        if !is_json {
+            return Err(KioskError::kiosk(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                lang,
+                KioskMessage::BadBody,
+            ));
         }
+        serde_json::from_slice(&bytes).map(Body).map_err(|error| {
+            tracing::debug!(%error, "kiosk body is not the expected JSON");
+            KioskError::kiosk(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                lang,
+                KioskMessage::BadBody,
+            )
+        })
     }
+}
+
+/// A known path with the wrong method: 405 with a `detail`.
+pub async fn method_not_allowed(lang: Lang) -> KioskError {
+    KioskError::kiosk(StatusCode::METHOD_NOT_ALLOWED, lang, KioskMessage::NotFound)
 }
 
 /// Unknown paths: 404 with a `detail`.
