@@ -239,8 +239,14 @@ async function run() {
       const b = await boardState(board);
       if (!b.present[lock - 1]) break;
       if (!b.hooks[lock - 1]) {
-        await json('POST', `${simControl}/take`, { board, lock });
-        break;
+        // Open hook, cart still there: the shopper pulls it out. (A 409 here means the
+        // simulator's auto-take got there first; the next look at the state settles it.)
+        try {
+          await json('POST', `${simControl}/take`, { board, lock });
+          break;
+        } catch (err) {
+          if (!/-> 409/.test(err.message)) throw err;
+        }
       }
       if (Date.now() > deadline) throw new Error(`post ${cartNumber} (board ${board} lock ${lock}) never unlocked`);
       await sleep(200);

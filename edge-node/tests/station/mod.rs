@@ -71,8 +71,11 @@ impl Station {
     }
 
     pub fn config(&self) -> EdgeConfig {
-        let mut config = EdgeConfig::default();
-        config.data_dir = self.dir.path().join("data");
+        let mut config = EdgeConfig {
+            data_dir: self.dir.path().join("data"),
+            sms: Some(SmsSenderConfig::Outbox { path: self.outbox() }),
+            ..EdgeConfig::default()
+        };
         config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.bus.uri = self.sim.bus_uri().to_string();
         config.bus.boards = vec![0, 1];
@@ -222,8 +225,7 @@ impl Station {
         let text = std::fs::read_to_string(self.outbox()).unwrap_or_default();
         text.lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|m| m["to"] == e164)
-            .last()
+            .rfind(|m| m["to"] == e164)
             .and_then(|m| m["code"].as_str().map(str::to_string))
             .unwrap()
     }
