@@ -56,6 +56,23 @@ deps_tools() {
   cargo_tool cargo-deny cargo-deny
 }
 
+# The kiosk page's browser test needs Debian's Chromium, Node >= 20 and playwright-core.
+deps_browser() {
+  command -v node >/dev/null || apt_install nodejs npm
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ "$major" -lt 20 ]; then
+    say "Node $major is older than 20: the kiosk browser test will be skipped"
+    return 0
+  fi
+  [ -x /usr/bin/chromium ] || apt_install chromium
+  if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    say "installing the browser test's npm packages"
+    npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+  fi
+  export CARTWISE_BROWSER_TESTS=1
+}
+
 start_pg() {
   scripts/pg.sh start
   DATABASE_URL="${DATABASE_URL:-$(scripts/pg.sh url)}"
@@ -65,6 +82,7 @@ start_pg() {
 cmd_test() {
   deps_system
   deps_tools
+  deps_browser
   start_pg
   say "format"
   cargo fmt --all -- --check
@@ -92,7 +110,7 @@ cmd_demo() {
 case "${1:-}" in
   demo) shift; cmd_demo "$@" ;;
   test) cmd_test ;;
-  deps) deps_system; deps_tools ;;
+  deps) deps_system; deps_tools; deps_browser ;;
   pg) shift; exec scripts/pg.sh "$@" ;;
   edge) shift; exec scripts/install-edge.sh "$@" ;;
   hub) die "installing the $1 as a system service is not available in this version" ;;

@@ -23,7 +23,9 @@ pub struct AppState {
 
 /// Builds the hub's router.
 pub fn router(state: AppState) -> Router {
-    Router::new().route("/health", get(health)).with_state(state)
+    Router::new()
+        .route("/health", get(health))
+        .with_state(state)
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then drains in-flight requests.
@@ -32,12 +34,17 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn health(State(state): State<AppState>) -> Response {
     let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
-    let database_ok = matches!(tokio::time::timeout(HEALTH_DB_TIMEOUT, probe).await, Ok(Ok(1)));
+    let database_ok = matches!(
+        tokio::time::timeout(HEALTH_DB_TIMEOUT, probe).await,
+        Ok(Ok(1))
+    );
     let (code, status) = if database_ok {
         (StatusCode::OK, "healthy")
     } else {

@@ -72,7 +72,10 @@ async fn main() -> anyhow::Result<()> {
                 counts.chains, counts.branches, counts.devices, counts.controllers, counts.carts
             );
         }
-        Command::Serve { db: args, http: addr } => {
+        Command::Serve {
+            db: args,
+            http: addr,
+        } => {
             let pool = db::connect(&args.database_url, CONNECT_TIMEOUT).await?;
             db::migrate(&pool).await?;
             let listener = tokio::net::TcpListener::bind(addr)

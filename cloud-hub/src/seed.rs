@@ -42,7 +42,10 @@ pub async fn seed(pool: &PgPool, world: &World) -> Result<SeedCounts, sqlx::Erro
     Ok(counts)
 }
 
-async fn upsert_chain(tx: &mut Transaction<'_, Postgres>, chain: &Chain) -> Result<(), sqlx::Error> {
+async fn upsert_chain(
+    tx: &mut Transaction<'_, Postgres>,
+    chain: &Chain,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO chains (id, name, slug, description) VALUES ($1, $2, $3, $4)
          ON CONFLICT (id) DO UPDATE
@@ -130,7 +133,10 @@ async fn upsert_posts(
     }
     let mut carts = 0;
     for post in device.posts() {
-        let controller_id = controllers.iter().find(|(board, _)| *board == post.board).map(|c| c.1);
+        let controller_id = controllers
+            .iter()
+            .find(|(board, _)| *board == post.board)
+            .map(|c| c.1);
         sqlx::query(
             "INSERT INTO carts (branch_id, controller_id, cart_number, locker_id)
              VALUES ($1, $2, $3, $4)

@@ -142,14 +142,17 @@ impl Device {
     pub fn posts(&self) -> impl Iterator<Item = Post> + '_ {
         let mut boards = self.boards.clone();
         boards.sort_unstable();
-        boards.into_iter().enumerate().flat_map(move |(nth, board)| {
-            let first = self.first_post_number + POSTS_PER_BOARD * nth as i32;
-            (0..POSTS_PER_BOARD).map(move |lock| Post {
-                board,
-                cart_number: first + lock,
-                locker_id: first + lock - 1,
+        boards
+            .into_iter()
+            .enumerate()
+            .flat_map(move |(nth, board)| {
+                let first = self.first_post_number + POSTS_PER_BOARD * nth as i32;
+                (0..POSTS_PER_BOARD).map(move |lock| Post {
+                    board,
+                    cart_number: first + lock,
+                    locker_id: first + lock - 1,
+                })
             })
-        })
     }
 }
 
@@ -171,8 +174,22 @@ mod tests {
         };
         let posts: Vec<Post> = device.posts().collect();
         assert_eq!(posts.len(), 32);
-        assert_eq!(posts[0], Post { board: 0, cart_number: 33, locker_id: 32 });
-        assert_eq!(posts[16], Post { board: 1, cart_number: 49, locker_id: 48 });
+        assert_eq!(
+            posts[0],
+            Post {
+                board: 0,
+                cart_number: 33,
+                locker_id: 32
+            }
+        );
+        assert_eq!(
+            posts[16],
+            Post {
+                board: 1,
+                cart_number: 49,
+                locker_id: 48
+            }
+        );
     }
 
     #[test]

@@ -11,8 +11,20 @@ const SEED_COLUMNS: &[(&str, &str, &str, Option<&str>, bool)] = &[
     ("chains", "slug", "character varying", None, false),
     ("chains", "description", "text", None, true),
     ("chains", "active", "boolean", Some("true"), false),
-    ("chains", "created_at", "timestamp with time zone", Some("now()"), false),
-    ("chains", "updated_at", "timestamp with time zone", Some("now()"), false),
+    (
+        "chains",
+        "created_at",
+        "timestamp with time zone",
+        Some("now()"),
+        false,
+    ),
+    (
+        "chains",
+        "updated_at",
+        "timestamp with time zone",
+        Some("now()"),
+        false,
+    ),
     ("branches", "id", "uuid", Some("gen_random_uuid()"), false),
     ("branches", "chain_id", "uuid", None, false),
     ("branches", "name", "character varying", None, false),
@@ -22,54 +34,174 @@ const SEED_COLUMNS: &[(&str, &str, &str, Option<&str>, bool)] = &[
     ("branches", "latitude", "numeric(10,8)", None, true),
     ("branches", "longitude", "numeric(11,8)", None, true),
     ("branches", "active", "boolean", Some("true"), false),
-    ("branches", "created_at", "timestamp with time zone", Some("now()"), false),
-    ("branches", "updated_at", "timestamp with time zone", Some("now()"), false),
+    (
+        "branches",
+        "created_at",
+        "timestamp with time zone",
+        Some("now()"),
+        false,
+    ),
+    (
+        "branches",
+        "updated_at",
+        "timestamp with time zone",
+        Some("now()"),
+        false,
+    ),
     ("devices", "id", "uuid", Some("gen_random_uuid()"), false),
     ("devices", "branch_id", "uuid", None, false),
     ("devices", "device_name", "character varying", None, false),
     ("devices", "mac_address", "character varying", None, true),
     ("devices", "serial_number", "character varying", None, true),
-    ("devices", "status", "character varying", Some("'offline'::character varying"), false),
-    ("devices", "last_heartbeat", "timestamp with time zone", None, true),
-    ("devices", "firmware_version", "character varying", None, true),
+    (
+        "devices",
+        "status",
+        "character varying",
+        Some("'offline'::character varying"),
+        false,
+    ),
+    (
+        "devices",
+        "last_heartbeat",
+        "timestamp with time zone",
+        None,
+        true,
+    ),
+    (
+        "devices",
+        "firmware_version",
+        "character varying",
+        None,
+        true,
+    ),
     ("devices", "ip_address", "character varying", None, true),
-    ("devices", "created_at", "timestamp with time zone", Some("now()"), false),
-    ("devices", "updated_at", "timestamp with time zone", Some("now()"), false),
-    ("controllers", "id", "uuid", Some("gen_random_uuid()"), false),
+    (
+        "devices",
+        "created_at",
+        "timestamp with time zone",
+        Some("now()"),
+        false,
+    ),
+    (
+        "devices",
+        "updated_at",
+        "timestamp with time zone",
+        Some("now()"),
+        false,
+    ),
+    (
+        "controllers",
+        "id",
+        "uuid",
+        Some("gen_random_uuid()"),
+        false,
+    ),
     ("controllers", "device_id", "uuid", None, false),
     ("controllers", "controller_address", "integer", None, false),
     ("controllers", "port", "character varying", None, false),
     ("controllers", "baudrate", "integer", Some("19200"), false),
-    ("controllers", "status", "character varying", Some("'unknown'::character varying"), false),
-    ("controllers", "created_at", "timestamp with time zone", Some("now()"), false),
+    (
+        "controllers",
+        "status",
+        "character varying",
+        Some("'unknown'::character varying"),
+        false,
+    ),
+    (
+        "controllers",
+        "created_at",
+        "timestamp with time zone",
+        Some("now()"),
+        false,
+    ),
     ("carts", "id", "uuid", Some("gen_random_uuid()"), false),
     ("carts", "branch_id", "uuid", None, false),
     ("carts", "controller_id", "uuid", None, true),
     ("carts", "cart_number", "integer", None, false),
     ("carts", "locker_id", "integer", None, false),
-    ("carts", "status", "character varying", Some("'available'::character varying"), false),
+    (
+        "carts",
+        "status",
+        "character varying",
+        Some("'available'::character varying"),
+        false,
+    ),
     ("carts", "is_locked", "boolean", Some("true"), false),
     ("carts", "assigned_to", "character varying", None, true),
     ("carts", "last_used", "timestamp with time zone", None, true),
     ("carts", "maintenance_notes", "text", None, true),
-    ("carts", "created_at", "timestamp with time zone", Some("now()"), false),
-    ("carts", "updated_at", "timestamp with time zone", Some("now()"), false),
+    (
+        "carts",
+        "created_at",
+        "timestamp with time zone",
+        Some("now()"),
+        false,
+    ),
+    (
+        "carts",
+        "updated_at",
+        "timestamp with time zone",
+        Some("now()"),
+        false,
+    ),
     ("rentals", "id", "uuid", Some("gen_random_uuid()"), false),
     ("rentals", "cart_id", "uuid", None, false),
     ("rentals", "branch_id", "uuid", None, false),
     ("rentals", "user_phone", "character varying", None, false),
-    ("rentals", "start_time", "timestamp with time zone", None, false),
-    ("rentals", "expected_return", "timestamp with time zone", None, false),
-    ("rentals", "actual_return", "timestamp with time zone", None, true),
-    ("rentals", "status", "character varying", Some("'active'::character varying"), false),
+    (
+        "rentals",
+        "start_time",
+        "timestamp with time zone",
+        None,
+        false,
+    ),
+    (
+        "rentals",
+        "expected_return",
+        "timestamp with time zone",
+        None,
+        false,
+    ),
+    (
+        "rentals",
+        "actual_return",
+        "timestamp with time zone",
+        None,
+        true,
+    ),
+    (
+        "rentals",
+        "status",
+        "character varying",
+        Some("'active'::character varying"),
+        false,
+    ),
     ("rentals", "duration_minutes", "integer", None, true),
     ("rentals", "notes", "text", None, true),
-    ("rentals", "created_at", "timestamp with time zone", Some("now()"), false),
+    (
+        "rentals",
+        "created_at",
+        "timestamp with time zone",
+        Some("now()"),
+        false,
+    ),
     ("telemetry", "id", "bigint", None, false),
     ("telemetry", "device_id", "uuid", None, false),
     ("telemetry", "event_type", "character varying", None, false),
-    ("telemetry", "event_data", "jsonb", Some("'{}'::jsonb"), false),
-    ("telemetry", "timestamp", "timestamp with time zone", Some("now()"), false),
+    (
+        "telemetry",
+        "event_data",
+        "jsonb",
+        Some("'{}'::jsonb"),
+        false,
+    ),
+    (
+        "telemetry",
+        "timestamp",
+        "timestamp with time zone",
+        Some("now()"),
+        false,
+    ),
 ];
 
 #[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
@@ -124,7 +256,9 @@ async fn the_seed_unique_constraints_exist(pool: PgPool) {
         ("carts", "branch_id,cart_number"),
     ] {
         assert!(
-            uniques.iter().any(|(t, c)| t == expected.0 && c == expected.1),
+            uniques
+                .iter()
+                .any(|(t, c)| t == expected.0 && c == expected.1),
             "unique {expected:?} missing from {uniques:?}"
         );
     }
@@ -138,7 +272,12 @@ async fn telemetry_has_a_time_range_index(pool: PgPool) {
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert!(indexes.iter().any(|d| d.contains("(device_id, \"timestamp\")")), "{indexes:?}");
+    assert!(
+        indexes
+            .iter()
+            .any(|d| d.contains("(device_id, \"timestamp\")")),
+        "{indexes:?}"
+    );
 }
 
 async fn table_counts(pool: &PgPool) -> Vec<i64> {
@@ -160,13 +299,17 @@ async fn seeding_the_sample_world_twice_leaves_the_same_rows(pool: PgPool) {
 
     seed::seed(&pool, &world).await.unwrap();
     let first = table_counts(&pool).await;
-    let ids_first: Vec<uuid::Uuid> =
-        sqlx::query_scalar("SELECT id FROM carts ORDER BY id").fetch_all(&pool).await.unwrap();
+    let ids_first: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM carts ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
 
     seed::seed(&pool, &world).await.unwrap();
     let second = table_counts(&pool).await;
-    let ids_second: Vec<uuid::Uuid> =
-        sqlx::query_scalar("SELECT id FROM carts ORDER BY id").fetch_all(&pool).await.unwrap();
+    let ids_second: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM carts ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
 
     let expected = [
         world_counts::CHAINS,
@@ -184,7 +327,9 @@ async fn seeding_the_sample_world_twice_leaves_the_same_rows(pool: PgPool) {
 #[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
 async fn seeded_posts_are_numbered_per_branch_in_board_order(pool: PgPool) {
     let text = std::fs::read_to_string(cartwise_fixtures::world_path()).unwrap();
-    seed::seed(&pool, &World::parse(&text).unwrap()).await.unwrap();
+    seed::seed(&pool, &World::parse(&text).unwrap())
+        .await
+        .unwrap();
     let rows: Vec<(i32, i32, i32)> = sqlx::query_as(
         "SELECT c.cart_number, c.locker_id, k.controller_address
          FROM carts c JOIN controllers k ON k.id = c.controller_id
@@ -197,5 +342,9 @@ async fn seeded_posts_are_numbered_per_branch_in_board_order(pool: PgPool) {
     assert_eq!(rows.len(), 48);
     assert_eq!(rows[0], (1, 0, 0));
     assert_eq!(rows[16], (17, 16, 1));
-    assert_eq!(rows[32], (33, 32, 0), "the second Pi starts at its first_post_number");
+    assert_eq!(
+        rows[32],
+        (33, 32, 0),
+        "the second Pi starts at its first_post_number"
+    );
 }

@@ -183,7 +183,9 @@ impl EdgeState {
     ) -> Result<(), StoreError> {
         tracing::warn!(kind = kind.as_str(), ?post, ?rental, detail, "anomaly");
         let data = json!({ "anomaly": kind.as_str(), "detail": detail });
-        ledger::append_event(conn, "anomaly", rental, post, &data, at)
+        ledger::append_event(conn, "anomaly", rental, post, &data, at)?;
+        self.live
+            .put_anomaly(kind.as_str(), post, rental, detail, at)
     }
 
     /// Persists the live document's new changes; call last in a job.

@@ -134,6 +134,7 @@ pub fn router(kiosk: Arc<Kiosk>) -> Router {
         .merge(api.clone())
         .nest("/api/v1", api)
         .route("/api/v1/admin/time", post(routes_auth::set_time))
+        .route("/api/v1/anomalies", get(views::anomalies))
         .merge(assets::router())
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)

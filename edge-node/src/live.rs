@@ -9,7 +9,8 @@
 //!   "posts":   { "<post>":   { board, lock, status, hook, present, fault, holder } },
 //!   "rentals": { "<rental>": { phone, post, status, minutes, start_wall, start_boot,
 //!                              start_mono, start_hlc, taken_hlc, end_wall, end_boot,
-//!                              end_mono, end_hlc, return_post, note } } }
+//!                              end_mono, end_hlc, return_post, note } },
+//!   "anomalies": { "<hlc>": { kind, post, rental, detail, wall, boot, mono } } }
 //! ```
 //!
 //! The document is persisted in the same SQLite transaction as the rows it mirrors: its new
@@ -185,6 +186,38 @@ impl LiveDoc {
                 "note",
                 rental.note.as_deref().map_or(ScalarValue::Null, str_value),
             ),
+        ];
+        for (key, value) in fields {
+            self.put_scalar(&obj, key, value)?;
+        }
+        Ok(())
+    }
+
+    /// Records an anomaly for the manager, keyed by its stamp's HLC.
+    pub fn put_anomaly(
+        &mut self,
+        kind: &str,
+        post: Option<PostNo>,
+        rental: Option<RentalId>,
+        detail: &str,
+        at: &cartwise_schema::Stamp,
+    ) -> Result<(), StoreError> {
+        let anomalies = self.map_at(&ROOT, "anomalies")?;
+        let obj = self.map_at(&anomalies, &at.hlc.to_string())?;
+        let fields: [(&str, ScalarValue); 7] = [
+            ("kind", str_value(kind)),
+            (
+                "post",
+                post.map_or(ScalarValue::Null, |p| ScalarValue::Uint(u64::from(p.get()))),
+            ),
+            (
+                "rental",
+                rental.map_or(ScalarValue::Null, |r| str_value(&r.to_string())),
+            ),
+            ("detail", str_value(detail)),
+            ("wall", ScalarValue::Int(at.wall.get())),
+            ("boot", str_value(&at.boot.to_string())),
+            ("mono", ScalarValue::Int(to_sql_mono(at.mono))),
         ];
         for (key, value) in fields {
             self.put_scalar(&obj, key, value)?;

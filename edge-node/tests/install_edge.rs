@@ -71,14 +71,23 @@ fn install_edge_stages_everything_and_a_second_run_changes_nothing() {
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let prefix = scratch.path().join("root");
     let first = install(&["scripts/install-edge.sh"], &prefix);
-    assert!(first.contains("not starting the service (--no-start)"), "{first}");
+    assert!(
+        first.contains("not starting the service (--no-start)"),
+        "{first}"
+    );
     assert!(first.contains("journalctl -u cartwise-edge -f"), "{first}");
 
     let edge = prefix.join("usr/local/bin/cartwise-edge");
-    assert_eq!(std::fs::read(&edge).unwrap(), std::fs::read(EDGE_BINARY).unwrap());
+    assert_eq!(
+        std::fs::read(&edge).unwrap(),
+        std::fs::read(EDGE_BINARY).unwrap()
+    );
     assert_eq!(mode(&edge), 0o755);
     let tech = prefix.join("usr/local/bin/cartwise-tech");
-    assert_eq!(std::fs::read(&tech).unwrap(), std::fs::read(TECH_BINARY).unwrap());
+    assert_eq!(
+        std::fs::read(&tech).unwrap(),
+        std::fs::read(TECH_BINARY).unwrap()
+    );
 
     let config = prefix.join("etc/cartwise/edge.toml");
     let example = std::fs::read_to_string(repo().join("edge-node/config.example.toml")).unwrap();
@@ -125,8 +134,15 @@ fn install_edge_stages_everything_and_a_second_run_changes_nothing() {
     std::fs::write(&config, &edited).unwrap();
     let before = snapshot(&prefix);
     let second = install(&["install.sh", "edge"], &prefix);
-    assert_eq!(snapshot(&prefix), before, "the second run changed files:\n{second}");
-    assert!(second.contains("nothing changed (already installed)"), "{second}");
+    assert_eq!(
+        snapshot(&prefix),
+        before,
+        "the second run changed files:\n{second}"
+    );
+    assert!(
+        second.contains("nothing changed (already installed)"),
+        "{second}"
+    );
     assert!(second.contains("kept"), "{second}");
     assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
 }
@@ -154,5 +170,8 @@ fn the_unit_passes_systemd_analyze_verify() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     // Unknown or misspelled settings are only warnings: refuse any.
-    assert!(stderr.trim().is_empty(), "systemd-analyze warned:\n{stderr}");
+    assert!(
+        stderr.trim().is_empty(),
+        "systemd-analyze warned:\n{stderr}"
+    );
 }

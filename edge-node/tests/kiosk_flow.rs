@@ -331,3 +331,53 @@ async fn a_reboot_with_the_clock_set_back_keeps_overdue_right_and_a_correction_f
     let (_, overdue) = station.get("/rentals/overdue").await;
     assert_eq!(overdue.as_array().unwrap().len(), 1, "{overdue}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docks_at_unreserved_posts_are_matched_only_when_unambiguous() {
+    let station = Station::start().await;
+    let a = station.rent(PHONE, E164).await;
+    let a_post = a["cart"]["cart_id"].as_u64().unwrap();
+    station
+        .wait_for(|c| c["status"] == "in_use", &format!("/carts/{a_post}"))
+        .await;
+    // One cart out, nobody asked to return: a dock anywhere free is that shopper's return.
+    station.dock(a_post).await;
+    let history = station
+        .wait_for(|h| h[0]["status"] == "returned", "/rentals/history")
+        .await;
+    assert_eq!(history[0]["rental_id"], a["rental_id"]);
+
+    // Two carts out: a dock at a post nobody reserved is recorded as an anomaly, not guessed.
+    let b = station.rent(PHONE, E164).await;
+    let c = station.rent("0547654321", "+972547654321").await;
+    for lent in [&b, &c] {
+        let post = lent["cart"]["cart_id"].as_u64().unwrap();
+        station
+            .wait_for(|p| p["status"] == "in_use", &format!("/carts/{post}"))
+            .await;
+    }
+    let b_post = b["cart"]["cart_id"].as_u64().unwrap();
+    station.dock(b_post).await;
+    let anomalies = station
+        .wait_for(
+            |a| {
+                a.as_array()
+                    .is_some_and(|l| l.iter().any(|x| x["kind"] == "unmatched_dock"))
+            },
+            "/api/v1/anomalies",
+        )
+        .await;
+    let unmatched = anomalies
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["kind"] == "unmatched_dock")
+        .unwrap();
+    assert_eq!(unmatched["cart_id"].as_u64(), Some(b_post));
+    let (_, active) = station.get("/rentals/active").await;
+    assert_eq!(
+        active.as_array().unwrap().len(),
+        2,
+        "nothing was closed by guesswork: {active}"
+    );
+}

@@ -32,7 +32,11 @@ mod tests {
     fn sqlite_migrations_are_numbered_from_one_without_gaps() {
         for (index, migration) in SQLITE.iter().enumerate() {
             assert_eq!(migration.version as usize, index + 1, "{}", migration.name);
-            assert!(!migration.sql.trim().is_empty(), "{} is empty", migration.name);
+            assert!(
+                !migration.sql.trim().is_empty(),
+                "{} is empty",
+                migration.name
+            );
         }
     }
 }

@@ -180,6 +180,50 @@ impl Engine {
             .await
     }
 
+    /// Anomalies recorded here, newest first.
+    pub async fn anomalies(&self, limit: i64) -> Result<Vec<Value>, StoreError> {
+        self.store
+            .read(move |conn, state| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT data, rental_id, post, wall_ms, boot, mono_ms, hlc FROM events
+                     WHERE kind = 'anomaly' ORDER BY seq DESC LIMIT ?1",
+                )?;
+                let rows = stmt.query_map([limit], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, Option<String>>(1)?,
+                        row.get::<_, Option<i64>>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, i64>(5)?,
+                        row.get::<_, String>(6)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (data, rental, post, wall, boot, mono, hlc) = row?;
+                    let data: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    let at = cartwise_schema::BootId::parse(&boot).ok().and_then(|boot| {
+                        Some(Stamp {
+                            wall: WallMillis::new(wall),
+                            boot,
+                            mono: cartwise_schema::MonoMillis::new(u64::try_from(mono).ok()?),
+                            hlc: hlc.parse().ok()?,
+                        })
+                    });
+                    out.push(json!({
+                        "kind": data["anomaly"],
+                        "detail": data["detail"],
+                        "cart_id": post,
+                        "rental_id": rental,
+                        "at": at.map(|s| iso(state.timeline.corrected(&s))),
+                    }));
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     /// The best known true time now.
     pub async fn corrected_now(&self) -> Result<WallMillis, StoreError> {
         let reading = self.clock.read();

@@ -176,6 +176,18 @@ pub async fn my_rental(
     }
 }
 
+pub async fn anomalies(
+    State(kiosk): State<Arc<Kiosk>>,
+    lang: Lang,
+) -> Result<Json<Value>, KioskError> {
+    let list = kiosk
+        .engine
+        .anomalies(PAGE_LIMIT_MAX)
+        .await
+        .map_err(|e| KioskError::store(lang, e))?;
+    Ok(Json(Value::Array(list)))
+}
+
 pub async fn stats_summary(
     State(kiosk): State<Arc<Kiosk>>,
     lang: Lang,

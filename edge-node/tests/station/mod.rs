@@ -73,7 +73,9 @@ impl Station {
     pub fn config(&self) -> EdgeConfig {
         let mut config = EdgeConfig {
             data_dir: self.dir.path().join("data"),
-            sms: Some(SmsSenderConfig::Outbox { path: self.outbox() }),
+            sms: Some(SmsSenderConfig::Outbox {
+                path: self.outbox(),
+            }),
             ..EdgeConfig::default()
         };
         config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
