@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The demo system, in the foreground until Ctrl-C: migrates and seeds the project-local
-# Postgres with the fixture world, then runs the hub. Ctrl-C (or any process dying) stops every
-# process it started, the Postgres cluster included when the demo started it.
+# Postgres with the fixture world, runs the hub, and for every fixture device a simulated bus of
+# KR-CU16 boards (carts taken a moment after each unlock) and a `cartwise-edge` with its kiosk.
+# Ctrl-C (or any process dying) stops every process it started, the Postgres cluster included
+# when the demo started it.
 # Called by `./install.sh demo` after the set-up; expects DATABASE_URL and release binaries.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-bin="$root/target/release"
+bin="${CARTWISE_DEMO_BIN:-$root/target/release}"
 demo="$root/var/demo"
 mkdir -p "$demo"
 
@@ -27,6 +29,15 @@ free_port() { # free_port PREFERRED
   echo "$port"
 }
 
+wait_port() { # wait_port PORT PID LOG
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    kill -0 "$2" 2>/dev/null || { cat "$3"; echo "a demo process failed to start"; exit 1; }
+    sleep 0.1
+  done
+  echo "a demo process did not open port $1"; exit 1
+}
+
 "$bin/cartwise-hub" migrate --database-url "$DATABASE_URL"
 "$bin/cartwise-hub" seed fixtures/data/world.toml --database-url "$DATABASE_URL"
 
@@ -34,16 +45,49 @@ hub_port=$(free_port "${CARTWISE_DEMO_HUB_PORT:-8080}")
 "$bin/cartwise-hub" serve --database-url "$DATABASE_URL" --http "127.0.0.1:$hub_port" \
   >"$demo/hub.log" 2>&1 &
 pids+=($!)
+wait_port "$hub_port" "${pids[0]}" "$demo/hub.log"
 
-for _ in $(seq 1 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$hub_port") 2>/dev/null; then break; fi
-  kill -0 "${pids[0]}" 2>/dev/null || { cat "$demo/hub.log"; echo "the hub failed to start"; exit 1; }
-  sleep 0.1
-done
+next_port=$((hub_port + 1))
+edges_json=""
+kiosks=""
+while IFS=$'\t' read -r device_id branch_id branch_code name boards first_post; do
+  dir="$demo/$name"
+  mkdir -p "$dir"
+  bus_port=$(free_port "$next_port"); control_port=$(free_port $((bus_port + 1)))
+  kiosk_port=$(free_port $((control_port + 1))); next_port=$((kiosk_port + 1))
+  board_count=$(( $(tr -cd ',' <<<"$boards" | wc -c) + 1 ))
+  "$bin/cartwise-edge" sim-board --boards "$board_count" --listen "tcp:127.0.0.1:$bus_port" \
+    --control "127.0.0.1:$control_port" --auto-take-ms 1500 >"$dir/sim-board.log" 2>&1 &
+  pids+=($!)
+  wait_port "$bus_port" "${pids[-1]}" "$dir/sim-board.log"
+  cat >"$dir/edge.toml" <<TOML
+data_dir = "$dir/data"
+[device]
+id = "$device_id"
+branch_id = "$branch_id"
+name = "$name"
+[http]
+listen = "127.0.0.1:$kiosk_port"
+[bus]
+uri = "tcp:127.0.0.1:$bus_port"
+boards = [$boards]
+first_post_number = $first_post
+[sms]
+sender = "outbox"
+path = "$dir/sms-outbox.jsonl"
+TOML
+  "$bin/cartwise-edge" run --config "$dir/edge.toml" >"$dir/edge.log" 2>&1 &
+  pids+=($!)
+  wait_port "$kiosk_port" "${pids[-1]}" "$dir/edge.log"
+  kiosks+="  $branch_code $name:  http://127.0.0.1:$kiosk_port/kiosk/   (simulator: http://127.0.0.1:$control_port/state)"$'\n'
+  edges_json+="${edges_json:+,}
+  {\"branch_code\": \"$branch_code\", \"device_id\": \"$device_id\", \"name\": \"$name\", \"kiosk\": \"http://127.0.0.1:$kiosk_port\", \"sms_outbox\": \"$dir/sms-outbox.jsonl\", \"sim_control\": \"http://127.0.0.1:$control_port\"}"
+done < <("$bin/cartwise-hub" seed fixtures/data/world.toml --list-devices)
 
 cat >"$demo/endpoints.json" <<JSON
 {"hub": {"api": "http://127.0.0.1:$hub_port/api", "health": "http://127.0.0.1:$hub_port/health"},
- "database_url": "$DATABASE_URL"}
+ "database_url": "$DATABASE_URL",
+ "edges": [$edges_json]}
 JSON
 
 cat <<TXT
@@ -51,8 +95,9 @@ cat <<TXT
 CartWise demo is running.
   hub health:    http://127.0.0.1:$hub_port/health
   database:      $DATABASE_URL
-  endpoints:     $demo/endpoints.json
-  logs:          $demo/*.log
+  kiosks (each Pi, with its simulated lock boards; SMS codes go to var/demo/<pi>/sms-outbox.jsonl):
+$kiosks  endpoints:     $demo/endpoints.json
+  logs:          $demo/*.log, $demo/<pi>/*.log
 Press Ctrl-C to stop everything.
 TXT
 

@@ -14,6 +14,9 @@ pub const POOL_CONNECTIONS_MAX: u32 = 16;
 /// Why the database could not be reached or prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// No URL was given.
+    #[error("no database URL: pass --database-url or set DATABASE_URL")]
+    Missing,
     /// The database URL does not parse.
     #[error("the database URL is not valid ({0}); expected postgres://USER@HOST:PORT/DATABASE")]
     BadUrl(#[source] sqlx::Error),
@@ -33,6 +36,9 @@ pub enum DbError {
 
 /// Opens a pool to `url`, waiting up to `acquire_timeout` for the first connection.
 pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<PgPool, DbError> {
+    if url.trim().is_empty() {
+        return Err(DbError::Missing);
+    }
     let options: PgConnectOptions = url.parse().map_err(DbError::BadUrl)?;
     let target = format!(
         "{}:{}/{}",

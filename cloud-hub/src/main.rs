@@ -24,6 +24,10 @@ enum Command {
     Seed {
         /// The world file, e.g. fixtures/data/world.toml.
         file: PathBuf,
+        /// Only list the file's devices (tab-separated: device id, branch id, branch code,
+        /// device name, boards, first post number), without touching the database.
+        #[arg(long)]
+        list_devices: bool,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -40,30 +44,50 @@ enum Command {
 #[derive(Debug, Args)]
 struct DbArgs {
     /// Postgres URL, e.g. postgres://cartwise@127.0.0.1:5432/cartwise.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", default_value = "")]
     database_url: String,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match run(cli.command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Migrate(args) => {
             let pool = db::connect(&args.database_url, CONNECT_TIMEOUT).await?;
             db::migrate(&pool).await?;
             println!("database is at migration {}", db::MIGRATOR.iter().count());
         }
-        Command::Seed { file, db: args } => {
+        Command::Seed {
+            file,
+            list_devices,
+            db: args,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read the seed file {}", file.display()))?;
             let world = World::parse(&text).with_context(|| format!("in {}", file.display()))?;
+            if list_devices {
+                print!("{}", world.device_table());
+                return Ok(());
+            }
             let pool = db::connect(&args.database_url, CONNECT_TIMEOUT).await?;
             db::migrate(&pool).await?;
             let counts = seed::seed(&pool, &world).await.context("seeding failed")?;

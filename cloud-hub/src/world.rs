@@ -126,6 +126,29 @@ impl World {
     }
 }
 
+impl World {
+    /// Every device as a tab-separated line: device id, branch id, branch code, device name,
+    /// boards (comma separated), first post number.
+    pub fn device_table(&self) -> String {
+        let mut out = String::new();
+        for branch in self.chains.iter().flat_map(|c| &c.branches) {
+            for d in &branch.devices {
+                let boards: Vec<String> = d.boards.iter().map(u8::to_string).collect();
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\n",
+                    d.id,
+                    branch.id,
+                    branch.branch_code,
+                    d.device_name,
+                    boards.join(","),
+                    d.first_post_number
+                ));
+            }
+        }
+        out
+    }
+}
+
 /// One post (a `carts` row) of a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Post {

@@ -20,8 +20,8 @@ pub const WAIT_MAX: Duration = Duration::from_secs(20);
 /// Per-request timeout of the HTTP client.
 pub const REQUEST_MAX: Duration = Duration::from_secs(10);
 
-/// A scratch directory that is kept (and named on stderr) when the test panics, so the
-/// edge's database and logs can be inspected.
+/// A scratch directory that is kept (and named on stderr) when the test panics, or always
+/// when `CARTWISE_KEEP_TEST_DATA` is set, so the edge's database and logs can be inspected.
 pub struct Scratch {
     dir: Option<tempfile::TempDir>,
 }
@@ -39,9 +39,9 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(dir) = self.dir.take()
-        {
+        let keep =
+            std::thread::panicking() || std::env::var_os("CARTWISE_KEEP_TEST_DATA").is_some();
+        if keep && let Some(dir) = self.dir.take() {
             eprintln!("kept the test's data and logs in {}", dir.keep().display());
         }
     }
@@ -393,6 +393,7 @@ pub struct RentalRec {
     pub phone: String,
     pub post: u16,
     pub status: String,
+    pub start_wall_ms: i64,
     pub start_hlc: String,
     pub taken_hlc: Option<String>,
     pub return_post: Option<u16>,
@@ -437,7 +438,8 @@ impl Db {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, phone, post, status, start_hlc, taken_hlc, return_post, note
+                "SELECT id, phone, post, status, start_wall_ms, start_hlc, taken_hlc, return_post,
+                        note
                  FROM rentals ORDER BY start_hlc",
             )
             .unwrap();
@@ -447,10 +449,11 @@ impl Db {
                 phone: r.get(1)?,
                 post: r.get(2)?,
                 status: r.get(3)?,
-                start_hlc: r.get(4)?,
-                taken_hlc: r.get(5)?,
-                return_post: r.get(6)?,
-                note: r.get(7)?,
+                start_wall_ms: r.get(4)?,
+                start_hlc: r.get(5)?,
+                taken_hlc: r.get(6)?,
+                return_post: r.get(7)?,
+                note: r.get(8)?,
             })
         })
         .unwrap()
