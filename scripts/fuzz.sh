@@ -24,9 +24,17 @@ fi
 run_one() { # run_one TARGET SECONDS
   local target=$1 seconds=$2 corpus="fuzz/corpus/$1"
   mkdir -p "$corpus"
+  local log="fuzz/target/$target.log"
+  mkdir -p fuzz/target
   echo "fuzz: $target for ${seconds}s"
-  (cd fuzz && cargo +nightly fuzz run --sanitizer none "$target" "../$corpus" -- \
-      -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=0 2>&1 | tail -n 3)
+  if (cd fuzz && cargo +nightly fuzz run --sanitizer none "$target" "../$corpus" -- \
+      -max_total_time="$seconds" -rss_limit_mb=2048) >"$log" 2>&1; then
+    grep -E '^Done [0-9]+ runs' "$log" || tail -n 1 "$log"
+  else
+    tail -n 40 "$log"
+    echo "fuzz: $target FAILED; the crashing input is under fuzz/artifacts/$target/"
+    return 1
+  fi
 }
 
 if [ "${1:-}" = "--bounded" ]; then

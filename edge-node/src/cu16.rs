@@ -7,16 +7,22 @@
 //! Architecture Invariant: nothing in this module or `codec` does I/O or reads a clock.
 
 pub mod codec;
+#[cfg(feature = "node")]
 pub mod driver;
+#[cfg(feature = "node")]
 pub mod poller;
+#[cfg(feature = "node")]
 pub mod transport;
 
 use std::fmt;
 use std::time::Duration;
 
 pub use codec::{Decoder, Frame, Reply, Request, RequestFrame};
+#[cfg(feature = "node")]
 pub use driver::{Bus, BusConfig, BusError, UnlockOutcome};
+#[cfg(feature = "node")]
 pub use poller::{PollEvent, PollerConfig, PollerHandle, spawn_poller};
+#[cfg(feature = "node")]
 pub use transport::{BusUri, Transport};
 
 /// Highest board address a bus may carry (DIP switch 0–9, at most 10 boards).
