@@ -1,4 +1,5 @@
 //! The hub's migrations create the seed tables as specified, and seeding is idempotent.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cartwise_cloud_hub::{seed, world::World};
 use cartwise_fixtures::world_counts;
