@@ -163,7 +163,7 @@ impl EdgeState {
     /// Writes a rental's row and mirrors it; a closed rental also enters the ledger.
     pub fn save_rental(&mut self, conn: &Connection, rental: &RentalRow) -> Result<(), StoreError> {
         ledger::update_rental(conn, rental)?;
-        self.live.put_rental(rental)?;
+        self.live.put_rental(rental, &self.timeline)?;
         if !rental.status.is_open() {
             let row = query::rental_json(rental, &self.timeline, self.device);
             ledger::append_ledger(conn, rental, &row)?;
@@ -329,6 +329,12 @@ impl Engine {
                     cartwise_schema::WallMillis::new(trusted_wall_ms),
                 );
                 let offset_ms = state.timeline.learn(tx, offset, source)?;
+                // Every rental the document still carries gets its corrected times again.
+                for rental in ledger::rentals_where(tx, "1 = 1", &[], 100_000, 0)? {
+                    if state.live.has_rental(rental.id) {
+                        state.live.put_rental(&rental, &state.timeline)?;
+                    }
+                }
                 let data = json!({ "source": source, "offset_ms": offset_ms });
                 ledger::append_event(tx, "time_learned", None, None, &data, &at)?;
                 state.finish(tx)?;

@@ -2,16 +2,8 @@
 //! the rentals started here that the hub does not hold yet. It replicates to every node of the
 //! branch and to the hub; the branch's state is a fold over such documents.
 //!
-//! Layout (all values scalars, all keys strings):
-//!
-//! ```text
-//! { "schema": 1, "device": uuid, "branch": uuid,
-//!   "posts":   { "<post>":   { board, lock, status, hook, present, fault, holder } },
-//!   "rentals": { "<rental>": { phone, post, status, minutes, start_wall, start_boot,
-//!                              start_mono, start_hlc, taken_hlc, end_wall, end_boot,
-//!                              end_mono, end_hlc, return_post, note } },
-//!   "anomalies": { "<hlc>": { kind, post, rental, detail, wall, boot, mono } } }
-//! ```
+//! The layout (key names, value types) is `cartwise_sync_core::facts`, which also reads it on
+//! the hub and on the other Pis of the branch.
 //!
 //! The document is persisted in the same SQLite transaction as the rows it mirrors: its new
 //! changes are appended to `doc_changes`, and every `DOC_CHANGES_MAX` appends they are compacted
@@ -26,14 +18,15 @@ use automerge::{ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue,
 use cartwise_schema::{BranchId, DeviceId, PostNo, RentalId};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use cartwise_sync_core::facts::{DEVICE_DOC_SCHEMA, keys};
+
 use crate::ledger::{PostRow, RentalRow};
 use crate::store::StoreError;
+use crate::timekeeping::Timeline;
 use crate::timekeeping::to_sql_mono;
 
 /// Appended change chunks kept before they are compacted into one snapshot.
 pub const DOC_CHANGES_MAX: i64 = 256;
-/// The layout version written at the document's root.
-pub const DOC_SCHEMA_VERSION: i64 = 1;
 
 /// The device's live document and its name in the store.
 pub struct LiveDoc {
@@ -89,9 +82,17 @@ impl LiveDoc {
     }
 
     fn put_root(&mut self, device: DeviceId, branch: BranchId) -> Result<(), StoreError> {
-        self.put_scalar(&ROOT, "schema", ScalarValue::Int(DOC_SCHEMA_VERSION))?;
-        self.put_scalar(&ROOT, "device", ScalarValue::Str(device.to_string().into()))?;
-        self.put_scalar(&ROOT, "branch", ScalarValue::Str(branch.to_string().into()))?;
+        self.put_scalar(&ROOT, keys::SCHEMA, ScalarValue::Int(DEVICE_DOC_SCHEMA))?;
+        self.put_scalar(
+            &ROOT,
+            keys::DEVICE,
+            ScalarValue::Str(device.to_string().into()),
+        )?;
+        self.put_scalar(
+            &ROOT,
+            keys::BRANCH,
+            ScalarValue::Str(branch.to_string().into()),
+        )?;
         Ok(())
     }
 
@@ -107,7 +108,7 @@ impl LiveDoc {
 
     /// Mirrors a post.
     pub fn put_post(&mut self, post: &PostRow) -> Result<(), StoreError> {
-        let posts = self.map_at(&ROOT, "posts")?;
+        let posts = self.map_at(&ROOT, keys::POSTS)?;
         let obj = self.map_at(&posts, &post.post.to_string())?;
         let fields: [(&str, ScalarValue); 7] = [
             ("board", ScalarValue::Uint(u64::from(post.board.get()))),
@@ -134,11 +135,37 @@ impl LiveDoc {
         Ok(())
     }
 
-    /// Mirrors a rental started here.
-    pub fn put_rental(&mut self, rental: &RentalRow) -> Result<(), StoreError> {
-        let rentals = self.map_at(&ROOT, "rentals")?;
+    /// Mirrors a rental started here, with its best corrected times.
+    pub fn put_rental(
+        &mut self,
+        rental: &RentalRow,
+        timeline: &Timeline,
+    ) -> Result<(), StoreError> {
+        let rentals = self.map_at(&ROOT, keys::RENTALS)?;
         let obj = self.map_at(&rentals, &rental.id.to_string())?;
         let end = rental.end.as_ref();
+        let start_at = timeline.corrected(&rental.start).get();
+        let trusted = timeline.is_learned(&rental.start.boot)
+            && end.is_none_or(|e| timeline.is_learned(&e.boot));
+        let corrected: [(&str, ScalarValue); 4] = [
+            ("start_at", ScalarValue::Int(start_at)),
+            (
+                "expected_at",
+                ScalarValue::Int(
+                    start_at.saturating_add(i64::from(rental.rental_minutes) * 60_000),
+                ),
+            ),
+            (
+                "end_at",
+                end.map_or(ScalarValue::Null, |e| {
+                    ScalarValue::Int(timeline.corrected(e).get())
+                }),
+            ),
+            ("time_trusted", ScalarValue::Boolean(trusted)),
+        ];
+        for (key, value) in corrected {
+            self.put_scalar(&obj, key, value)?;
+        }
         let fields: [(&str, ScalarValue); 15] = [
             ("phone", str_value(rental.phone.as_e164())),
             ("post", ScalarValue::Uint(u64::from(rental.post.get()))),
@@ -202,7 +229,7 @@ impl LiveDoc {
         detail: &str,
         at: &cartwise_schema::Stamp,
     ) -> Result<(), StoreError> {
-        let anomalies = self.map_at(&ROOT, "anomalies")?;
+        let anomalies = self.map_at(&ROOT, keys::ANOMALIES)?;
         let obj = self.map_at(&anomalies, &at.hlc.to_string())?;
         let fields: [(&str, ScalarValue); 7] = [
             ("kind", str_value(kind)),
@@ -227,7 +254,7 @@ impl LiveDoc {
 
     /// Removes a rental the hub holds durably (its history stays in the ledger and Postgres).
     pub fn remove_rental(&mut self, id: RentalId) -> Result<(), StoreError> {
-        let rentals = self.map_at(&ROOT, "rentals")?;
+        let rentals = self.map_at(&ROOT, keys::RENTALS)?;
         if self
             .doc
             .get(&rentals, id.to_string())
@@ -241,9 +268,19 @@ impl LiveDoc {
         Ok(())
     }
 
+    /// Whether the document carries the rental.
+    pub fn has_rental(&self, id: RentalId) -> bool {
+        match self.doc.get(ROOT, keys::RENTALS) {
+            Ok(Some((Value::Object(ObjType::Map), obj))) => {
+                matches!(self.doc.get(&obj, id.to_string()), Ok(Some(_)))
+            }
+            _ => false,
+        }
+    }
+
     /// Rental ids in the document.
     pub fn rental_ids(&self) -> Vec<String> {
-        match self.doc.get(ROOT, "rentals") {
+        match self.doc.get(ROOT, keys::RENTALS) {
             Ok(Some((Value::Object(ObjType::Map), obj))) => self.doc.keys(&obj).collect(),
             _ => Vec::new(),
         }
@@ -251,7 +288,7 @@ impl LiveDoc {
 
     /// Whether the document mirrors `post`.
     pub fn has_post(&self, post: PostNo) -> bool {
-        match self.doc.get(ROOT, "posts") {
+        match self.doc.get(ROOT, keys::POSTS) {
             Ok(Some((Value::Object(ObjType::Map), obj))) => {
                 matches!(self.doc.get(&obj, post.to_string()), Ok(Some(_)))
             }

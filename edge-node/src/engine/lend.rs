@@ -211,7 +211,7 @@ fn begin_lend(
         note: None,
     };
     ledger::insert_rental(tx, &rental)?;
-    state.live.put_rental(&rental)?;
+    state.live.put_rental(&rental, &state.timeline)?;
     ledger::append_event(
         tx,
         "lend_started",

@@ -1,0 +1,198 @@
+//! The authority check: every change a sync message carries is decoded and its actor compared
+//! with the document's owner *before* anything is applied.
+//!
+//! - A device's facts document (`device/<uuid>…`) accepts only changes whose actor is the
+//!   device's actor id: the 16 bytes of its UUID ([`device_actor`]).
+//! - A branch's intents document accepts only changes by the hub's actors ([`HubActors`]).
+//!
+//! How the changes are found: `automerge::sync::Message::decode` exposes the public
+//! `changes: ChunkList`; each item holds one or more storage chunks (a v1 message: one change
+//! per item; a v2 message: several changes concatenated, or a whole `save()`d document). This
+//! module splits each item on the chunk headers (magic, checksum, type, LEB128 length) and
+//! parses every chunk with Automerge's own public parsers: `Change::try_from` for change and
+//! compressed-change chunks, `Automerge::load` then `get_changes` for a document chunk,
+//! `Bundle::try_from` for a bundle chunk. A chunk that does not parse (or trailing bytes)
+//! refuses the whole message, where Automerge itself would apply the chunks before the bad
+//! one: the check is stricter than the loader, never looser.
+//!
+//! What the check does not prove: an actor id is a label the writer chooses. A peer that can
+//! reach this node (a same-branch Pi, a technician) can forge a change carrying another
+//! device's actor id, and this check accepts it. The transport closes the gap for a direct
+//! connection (a device's session may only send changes to its own document — the caller
+//! checks the session's mTLS identity against [`DocId::owner`]); for relayed changes
+//! [`crate::signed_heads`] closes it: a relayed change is accepted only if it is covered by
+//! heads the owning device signed.
+
+use std::collections::BTreeSet;
+
+use automerge::{ActorId, Automerge, Change, sync};
+use cartwise_schema::DeviceId;
+
+use crate::doc_id::{DocId, DocOwner};
+
+/// The first four bytes of every Automerge storage chunk.
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+/// Magic, checksum and type bytes before a chunk's LEB128 length.
+const CHUNK_FIXED_HEADER_LEN: usize = 9;
+/// Chunk types of the storage format.
+const CHUNK_DOCUMENT: u8 = 0;
+const CHUNK_CHANGE: u8 = 1;
+const CHUNK_COMPRESSED: u8 = 2;
+const CHUNK_BUNDLE: u8 = 3;
+
+/// The Automerge actor id of a device: its UUID's 16 bytes. A device writes its facts
+/// document with exactly this actor.
+pub fn device_actor(device: &DeviceId) -> ActorId {
+    ActorId::from(device.as_uuid().as_bytes())
+}
+
+/// The actors allowed to write intents documents: the hub's processes' actor ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HubActors(BTreeSet<ActorId>);
+
+impl HubActors {
+    /// The given actors.
+    pub fn new(actors: impl IntoIterator<Item = ActorId>) -> Self {
+        HubActors(actors.into_iter().collect())
+    }
+
+    /// Whether `actor` is one of them.
+    pub fn contains(&self, actor: &ActorId) -> bool {
+        self.0.contains(actor)
+    }
+}
+
+/// Why changes were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorityError {
+    /// A change's actor is not allowed to write the document.
+    #[error("change {change} by actor {actor} refused for {doc}: only {owner} may write it")]
+    ForeignActor {
+        /// The document.
+        doc: DocId,
+        /// The offending actor, hex.
+        actor: String,
+        /// The offending change's hash, hex.
+        change: String,
+        /// Who may write the document.
+        owner: DocOwner,
+    },
+    /// The message's changes could not be decoded, so they cannot be checked: refused.
+    #[error("changes for {doc} refused: they cannot be decoded ({reason})")]
+    Undecodable {
+        /// The document.
+        doc: DocId,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Whether `actor` may write `doc`.
+pub fn actor_allowed(doc: &DocId, actor: &ActorId, hub_actors: &HubActors) -> bool {
+    match doc.owner() {
+        DocOwner::Device(device) => *actor == device_actor(&device),
+        DocOwner::Hub(_) => hub_actors.contains(actor),
+    }
+}
+
+/// Checks that every change in `changes` was written by an actor allowed to write `doc`.
+pub fn check_changes(
+    doc: &DocId,
+    changes: &[Change],
+    hub_actors: &HubActors,
+) -> Result<(), AuthorityError> {
+    match changes
+        .iter()
+        .find(|change| !actor_allowed(doc, change.actor_id(), hub_actors))
+    {
+        None => Ok(()),
+        Some(change) => Err(AuthorityError::ForeignActor {
+            doc: *doc,
+            actor: change.actor_id().to_hex_string(),
+            change: change.hash().to_string(),
+            owner: doc.owner(),
+        }),
+    }
+}
+
+/// Decodes every change `message` carries, and checks them; returns them for further checks
+/// (e.g. [`crate::signed_heads::covered`]).
+pub fn check_sync_message(
+    doc: &DocId,
+    message: &sync::Message,
+    hub_actors: &HubActors,
+) -> Result<Vec<Change>, AuthorityError> {
+    let changes =
+        changes_in(message).map_err(|reason| AuthorityError::Undecodable { doc: *doc, reason })?;
+    check_changes(doc, &changes, hub_actors)?;
+    Ok(changes)
+}
+
+/// Every change in the message's chunk list, or why one could not be decoded.
+pub fn changes_in(message: &sync::Message) -> Result<Vec<Change>, String> {
+    let mut changes = Vec::new();
+    for item in message.changes.iter() {
+        let mut rest = item;
+        while !rest.is_empty() {
+            let (chunk_type, chunk_len) = chunk_header(rest)?;
+            let (chunk, after) = rest.split_at(chunk_len);
+            decode_chunk(chunk_type, chunk, &mut changes)?;
+            rest = after;
+        }
+    }
+    Ok(changes)
+}
+
+/// The type and total length (header included) of the chunk at the start of `bytes`.
+fn chunk_header(bytes: &[u8]) -> Result<(u8, usize), String> {
+    let fixed = bytes
+        .get(..CHUNK_FIXED_HEADER_LEN)
+        .ok_or("truncated chunk header")?;
+    if fixed[..4] != CHUNK_MAGIC {
+        return Err("chunk without the Automerge magic bytes".to_owned());
+    }
+    let chunk_type = fixed[8];
+    let (data_len, leb_len) = uleb128(&bytes[CHUNK_FIXED_HEADER_LEN..])?;
+    let total = usize::try_from(data_len)
+        .ok()
+        .and_then(|len| len.checked_add(CHUNK_FIXED_HEADER_LEN + leb_len))
+        .filter(|total| *total <= bytes.len())
+        .ok_or("chunk longer than its message")?;
+    Ok((chunk_type, total))
+}
+
+/// An unsigned LEB128 value and its length in bytes (at most 10 bytes, no overflow).
+fn uleb128(bytes: &[u8]) -> Result<(u64, usize), String> {
+    let mut value: u64 = 0;
+    for (index, byte) in bytes.iter().take(10).enumerate() {
+        let low = u64::from(byte & 0x7f);
+        let shift = 7 * index as u32;
+        if shift == 63 && low > 1 {
+            return Err("chunk length overflows".to_owned());
+        }
+        value |= low << shift;
+        if byte & 0x80 == 0 {
+            return Ok((value, index + 1));
+        }
+    }
+    Err("truncated or overlong chunk length".to_owned())
+}
+
+/// Decodes one whole chunk with Automerge's parsers and appends its changes.
+fn decode_chunk(chunk_type: u8, chunk: &[u8], changes: &mut Vec<Change>) -> Result<(), String> {
+    match chunk_type {
+        CHUNK_CHANGE | CHUNK_COMPRESSED => {
+            changes.push(Change::try_from(chunk).map_err(|error| error.to_string())?);
+        }
+        CHUNK_DOCUMENT => {
+            let document = Automerge::load(chunk).map_err(|error| error.to_string())?;
+            changes.extend(document.get_changes(&[]));
+        }
+        CHUNK_BUNDLE => {
+            let bundle = automerge::Bundle::try_from(chunk).map_err(|error| error.to_string())?;
+            changes.extend(bundle.to_changes().map_err(|error| error.to_string())?);
+        }
+        other => return Err(format!("unknown chunk type {other}")),
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! The layout of a device's live document (its facts: posts, rentals not yet at the hub,
+//! anomalies) and a typed reader for it. The edge writes it (`edge-node/src/live.rs`, with
+//! these key names); the hub and the other Pis of the branch read it with [`read_device_doc`].
+//!
+//! ```text
+//! { "schema": 1, "device": uuid, "branch": uuid,
+//!   "posts":     { "<post>":   { board, lock, status, hook, present, fault, holder } },
+//!   "rentals":   { "<rental>": { phone, post, status, minutes,
+//!                                start_wall, start_boot, start_mono, start_hlc,
+//!                                taken_hlc, end_wall, end_boot, end_mono, end_hlc,
+//!                                start_at, expected_at, end_at, time_trusted,
+//!                                return_post, note } },
+//!   "anomalies": { "<hlc>":    { kind, post, rental, detail, wall, boot, mono } } }
+//! ```
+//!
+//! `start_at`, `expected_at` and `end_at` are the device's best corrected wall times (Unix ms);
+//! `time_trusted` says whether a trusted clock backed them. A device rewrites them when it
+//! learns its boot's offset, so readers take them as they are.
+//!
+//! Architecture Invariant: reading never panics on a document from a peer: a malformed entry
+//! is skipped and reported, the rest is read.
+
+use automerge::{ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use cartwise_schema::{BranchId, DeviceId, RentalId, RentalStatus};
+
+/// The layout version this reader understands.
+pub const DEVICE_DOC_SCHEMA: i64 = 1;
+
+/// Key names of the device document.
+pub mod keys {
+    pub const SCHEMA: &str = "schema";
+    pub const DEVICE: &str = "device";
+    pub const BRANCH: &str = "branch";
+    pub const POSTS: &str = "posts";
+    pub const RENTALS: &str = "rentals";
+    pub const ANOMALIES: &str = "anomalies";
+}
+
+/// A post as its device last sensed and decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostFact {
+    pub post: u16,
+    pub board: u8,
+    pub lock: u8,
+    pub status: String,
+    pub hook: String,
+    pub present: Option<bool>,
+    pub fault: Option<String>,
+    pub holder: Option<String>,
+}
+
+/// A rental started at the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RentalFact {
+    pub id: RentalId,
+    pub phone: String,
+    pub post: u16,
+    pub status: RentalStatus,
+    pub minutes: u32,
+    pub start_hlc: String,
+    pub taken: bool,
+    pub end_hlc: Option<String>,
+    /// Corrected wall times, Unix ms.
+    pub start_at: i64,
+    pub expected_at: i64,
+    pub end_at: Option<i64>,
+    pub time_trusted: bool,
+    pub return_post: Option<u16>,
+    pub note: Option<String>,
+}
+
+/// Something the device could not explain, for the manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnomalyFact {
+    pub key: String,
+    pub kind: String,
+    pub post: Option<u16>,
+    pub rental: Option<String>,
+    pub detail: String,
+    pub wall: i64,
+}
+
+/// Everything a device document says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceFacts {
+    pub schema: i64,
+    pub device: Option<DeviceId>,
+    pub branch: Option<BranchId>,
+    pub posts: Vec<PostFact>,
+    pub rentals: Vec<RentalFact>,
+    pub anomalies: Vec<AnomalyFact>,
+    /// Entries that could not be read (key and reason); the rest was read.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Reads a device document.
+pub fn read_device_doc<D: ReadDoc>(doc: &D) -> DeviceFacts {
+    let mut facts = DeviceFacts {
+        schema: int(doc, &ROOT, keys::SCHEMA).unwrap_or(0),
+        device: string(doc, &ROOT, keys::DEVICE).and_then(|s| DeviceId::parse(&s).ok()),
+        branch: string(doc, &ROOT, keys::BRANCH).and_then(|s| BranchId::parse(&s).ok()),
+        ..DeviceFacts::default()
+    };
+    for (key, obj) in entries(doc, keys::POSTS) {
+        match read_post(doc, &key, &obj) {
+            Some(post) => facts.posts.push(post),
+            None => facts
+                .skipped
+                .push((format!("posts/{key}"), "missing or malformed fields".into())),
+        }
+    }
+    for (key, obj) in entries(doc, keys::RENTALS) {
+        match read_rental(doc, &key, &obj) {
+            Ok(rental) => facts.rentals.push(rental),
+            Err(reason) => facts.skipped.push((format!("rentals/{key}"), reason)),
+        }
+    }
+    for (key, obj) in entries(doc, keys::ANOMALIES) {
+        facts.anomalies.push(AnomalyFact {
+            kind: string(doc, &obj, "kind").unwrap_or_default(),
+            post: uint(doc, &obj, "post").and_then(|v| u16::try_from(v).ok()),
+            rental: string(doc, &obj, "rental"),
+            detail: string(doc, &obj, "detail").unwrap_or_default(),
+            wall: int(doc, &obj, "wall").unwrap_or(0),
+            key,
+        });
+    }
+    facts
+}
+
+fn read_post<D: ReadDoc>(doc: &D, key: &str, obj: &ObjId) -> Option<PostFact> {
+    Some(PostFact {
+        post: key.parse().ok()?,
+        board: u8::try_from(uint(doc, obj, "board")?).ok()?,
+        lock: u8::try_from(uint(doc, obj, "lock")?).ok()?,
+        status: string(doc, obj, "status")?,
+        hook: string(doc, obj, "hook")?,
+        present: boolean(doc, obj, "present"),
+        fault: string(doc, obj, "fault"),
+        holder: string(doc, obj, "holder"),
+    })
+}
+
+fn read_rental<D: ReadDoc>(doc: &D, key: &str, obj: &ObjId) -> Result<RentalFact, String> {
+    let need = |field: &str| format!("field {field} is missing or of the wrong type");
+    let id = RentalId::parse(key).map_err(|e| e.to_string())?;
+    let status = string(doc, obj, "status").ok_or_else(|| need("status"))?;
+    let start_at = int(doc, obj, "start_at")
+        .or_else(|| int(doc, obj, "start_wall"))
+        .ok_or_else(|| need("start_at"))?;
+    let minutes = uint(doc, obj, "minutes")
+        .and_then(|m| u32::try_from(m).ok())
+        .ok_or_else(|| need("minutes"))?;
+    Ok(RentalFact {
+        id,
+        phone: string(doc, obj, "phone").ok_or_else(|| need("phone"))?,
+        post: uint(doc, obj, "post")
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| need("post"))?,
+        status: RentalStatus::parse(&status).map_err(|e| e.to_string())?,
+        minutes,
+        start_hlc: string(doc, obj, "start_hlc").ok_or_else(|| need("start_hlc"))?,
+        taken: string(doc, obj, "taken_hlc").is_some(),
+        end_hlc: string(doc, obj, "end_hlc"),
+        start_at,
+        expected_at: int(doc, obj, "expected_at")
+            .unwrap_or(start_at.saturating_add(i64::from(minutes) * 60_000)),
+        end_at: int(doc, obj, "end_at").or_else(|| int(doc, obj, "end_wall")),
+        time_trusted: boolean(doc, obj, "time_trusted").unwrap_or(false),
+        return_post: uint(doc, obj, "return_post").and_then(|p| u16::try_from(p).ok()),
+        note: string(doc, obj, "note"),
+    })
+}
+
+/// The (key, map) entries of a top-level map, skipping non-map values.
+fn entries<D: ReadDoc>(doc: &D, name: &str) -> Vec<(String, ObjId)> {
+    let Ok(Some((Value::Object(ObjType::Map), parent))) = doc.get(ROOT, name) else {
+        return Vec::new();
+    };
+    doc.keys(&parent)
+        .filter_map(|key| match doc.get(&parent, key.as_str()) {
+            Ok(Some((Value::Object(ObjType::Map), obj))) => Some((key, obj)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn scalar<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<ScalarValue> {
+    match doc.get(obj, key) {
+        Ok(Some((Value::Scalar(value), _))) => Some(value.into_owned()),
+        _ => None,
+    }
+}
+
+fn string<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<String> {
+    match scalar(doc, obj, key)? {
+        ScalarValue::Str(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn int<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<i64> {
+    match scalar(doc, obj, key)? {
+        ScalarValue::Int(v) => Some(v),
+        ScalarValue::Uint(v) => i64::try_from(v).ok(),
+        _ => None,
+    }
+}
+
+fn uint<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<u64> {
+    match scalar(doc, obj, key)? {
+        ScalarValue::Uint(v) => Some(v),
+        ScalarValue::Int(v) => u64::try_from(v).ok(),
+        _ => None,
+    }
+}
+
+fn boolean<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<bool> {
+    match scalar(doc, obj, key)? {
+        ScalarValue::Boolean(v) => Some(v),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::AutoCommit;
+    use automerge::transaction::Transactable;
+
+    use super::*;
+
+    #[test]
+    fn a_document_with_garbage_entries_reads_the_rest() {
+        let mut doc = AutoCommit::new();
+        doc.put(ROOT, keys::SCHEMA, 1).unwrap();
+        doc.put(ROOT, keys::DEVICE, "0b1e3c2a-0000-4000-8000-000000001001")
+            .unwrap();
+        let rentals = doc.put_object(ROOT, keys::RENTALS, ObjType::Map).unwrap();
+        let good = doc
+            .put_object(
+                &rentals,
+                "01a1ffeb-fcae-72a9-aa32-a6e6c791dff8",
+                ObjType::Map,
+            )
+            .unwrap();
+        for (k, v) in [
+            ("phone", "+972521234567"),
+            ("status", "active"),
+            ("start_hlc", "x"),
+        ] {
+            doc.put(&good, k, v).unwrap();
+        }
+        doc.put(&good, "post", 3_u64).unwrap();
+        doc.put(&good, "minutes", 120_u64).unwrap();
+        doc.put(&good, "start_at", 1_000_i64).unwrap();
+        let bad = doc
+            .put_object(&rentals, "not-a-uuid", ObjType::Map)
+            .unwrap();
+        doc.put(&bad, "status", "active").unwrap();
+        doc.put(&rentals, "scalar", 7).unwrap();
+        let facts = read_device_doc(&doc);
+        assert_eq!(facts.rentals.len(), 1);
+        assert_eq!(facts.rentals[0].expected_at, 1_000 + 120 * 60_000);
+        assert_eq!(facts.skipped.len(), 1);
+        assert!(facts.device.is_some());
+    }
+}

@@ -1,0 +1,243 @@
+//! The body of each message kind: one struct per kind, MessagePack maps with named fields
+//! (`rmp_serde::to_vec_named`), byte fields as MessagePack `bin` (`serde_bytes`).
+//!
+//! Evolution rule: a later minor version may add fields only with `#[serde(default)]`, and a
+//! receiver ignores map keys it does not know, so old and new peers read each other's bodies.
+//! Renaming, retyping or removing a field is a major version.
+
+use cartwise_schema::{BootId, BranchId, ChainId, DeviceId, MonoMillis, RentalId, WallMillis};
+use serde::{Deserialize, Serialize};
+
+use crate::doc_id::DocId;
+
+/// Most capability strings in a `Hello` or `Welcome`.
+pub const CAPABILITIES_MAX: usize = 32;
+/// Longest capability string, in bytes.
+pub const CAPABILITY_LEN_MAX: usize = 64;
+/// Longest human-readable reason (`Refused`, `Error`, `Bye`), in bytes.
+pub const REASON_LEN_MAX: usize = 512;
+/// Most documents in one `Docs` message.
+pub const DOCS_PER_MESSAGE_MAX: usize = 1024;
+/// Most heads listed for one document (`Docs`, `SignedHeads`); real documents have a few.
+pub const HEADS_PER_DOC_MAX: usize = 256;
+/// Most rentals acknowledged by one `LedgerAck`.
+pub const LEDGER_ACK_RENTALS_MAX: usize = 1024;
+/// Most events in one `Telemetry` batch.
+pub const TELEMETRY_EVENTS_MAX: usize = 256;
+/// Longest telemetry event kind, in bytes.
+pub const TELEMETRY_KIND_LEN_MAX: usize = 64;
+/// Longest telemetry event payload (JSON text), in bytes.
+pub const TELEMETRY_DATA_JSON_LEN_MAX: usize = 16 * 1024;
+/// Longest signature in a `SignedHeads`, in bytes.
+pub const SIGNATURE_LEN_MAX: usize = 512;
+
+/// What kind of node a peer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A branch Raspberry Pi: the only writer of its own facts document.
+    Device,
+    /// The cloud hub: the only writer of intents documents, the trusted clock.
+    Hub,
+    /// A technician's laptop: relays documents, writes nothing.
+    Technician,
+}
+
+/// One Automerge change hash (SHA-256), on the wire as 32 bytes of MessagePack `bin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Head(pub [u8; 32]);
+
+impl Serialize for Head {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Head {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde_bytes::ByteArray::<32>::deserialize(deserializer)
+            .map(|bytes| Head(bytes.into_array()))
+    }
+}
+
+impl From<automerge::ChangeHash> for Head {
+    fn from(hash: automerge::ChangeHash) -> Self {
+        Head(hash.0)
+    }
+}
+
+impl From<Head> for automerge::ChangeHash {
+    fn from(head: Head) -> Self {
+        automerge::ChangeHash(head.0)
+    }
+}
+
+/// The first message each side sends. Its identity fields are informational: the transport's
+/// mutual-TLS certificate is the authority on who the peer is, and a receiver refuses a
+/// `Hello` that disagrees with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must equal the receiver's major version.
+    pub protocol_major: u16,
+    /// The highest minor version the sender speaks; the session uses the lower of the two.
+    pub protocol_minor: u16,
+    /// Optional features the sender supports; the session uses the intersection.
+    pub capabilities: Vec<String>,
+    /// The document schema version (`cartwise-schema`) the sender writes.
+    pub schema_version: u32,
+    /// What kind of node the sender is.
+    pub role: Role,
+    /// The sender's chain.
+    pub chain: ChainId,
+    /// The sender's branch (none for the hub and a chain-wide technician).
+    pub branch: Option<BranchId>,
+    /// The sender's device id (devices only).
+    pub device: Option<DeviceId>,
+    /// The sender's wall clock when it sent the `Hello` (possibly wrong on a device).
+    pub wall_ms: WallMillis,
+    /// The sender's current boot.
+    pub boot: BootId,
+    /// The sender's monotonic clock when it sent the `Hello`.
+    pub mono_ms: MonoMillis,
+    /// How often the sender will send `Heartbeat`s.
+    pub heartbeat_interval_ms: u32,
+}
+
+/// The responder's acceptance of a `Hello`, with what was negotiated and its clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The minor version in use: the lower of both `Hello`s.
+    pub protocol_minor: u16,
+    /// The capabilities in use: the intersection of both `Hello`s, sorted.
+    pub capabilities: Vec<String>,
+    /// The responder's wall clock when it sent the `Welcome`.
+    pub wall_ms: WallMillis,
+    /// Whether that clock is trusted (the hub; a device whose boot offset is learned). Only
+    /// a trusted clock corrects the initiator's boot offset.
+    pub wall_trusted: bool,
+    /// The initiator's `Hello.wall_ms`, echoed.
+    pub your_wall_ms_echo: WallMillis,
+    /// The initiator's `Hello.mono_ms`, echoed: the initiator's round trip is its monotonic
+    /// time on receipt minus this.
+    pub your_mono_ms_echo: MonoMillis,
+}
+
+/// "Come back later": the responder is overloaded. The initiator closes and reconnects no
+/// sooner than `retry_after_ms`, plus its own jitter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Busy {
+    /// The earliest retry, in milliseconds from receipt.
+    pub retry_after_ms: u32,
+}
+
+/// The responder refuses the session; the connection closes. Codes: [`refusal`](crate::refusal).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// A machine-readable refusal code.
+    pub code: u16,
+    /// A human-readable explanation.
+    pub reason: String,
+}
+
+/// A non-fatal error about one message; the session continues. Codes: [`error_code`](crate::error_code).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A machine-readable error code.
+    pub code: u16,
+    /// A human-readable explanation.
+    pub reason: String,
+    /// The document the error is about, if any.
+    #[serde(default)]
+    pub doc: Option<DocId>,
+}
+
+/// The sender is closing the session cleanly.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Bye {
+    /// Why, for logs; may be empty.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A liveness probe with the sender's clocks; answered by `HeartbeatAck`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Increases by one per heartbeat of the session, from 1.
+    pub seq: u64,
+    /// The sender's wall clock.
+    pub wall_ms: WallMillis,
+    /// The sender's boot.
+    pub boot: BootId,
+    /// The sender's monotonic clock.
+    pub mono_ms: MonoMillis,
+}
+
+/// The answer to a `Heartbeat`, with the responder's wall clock (a clock sample when trusted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// The `Heartbeat.seq` answered.
+    pub seq: u64,
+    /// The answering side's wall clock.
+    pub wall_ms: WallMillis,
+    /// Whether that clock is trusted (see [`Welcome::wall_trusted`]).
+    pub wall_trusted: bool,
+}
+
+/// A document and the heads the sender holds of it (empty: it holds nothing and wants it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocHeads {
+    /// The document.
+    pub doc: DocId,
+    /// The sender's heads of it.
+    pub heads: Vec<Head>,
+}
+
+/// What documents the sender holds or wants. The receiver starts per-document sync for each
+/// listed document the sender is entitled to, and answers an unentitled one with an `Error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Docs {
+    /// The documents.
+    pub docs: Vec<DocHeads>,
+}
+
+/// One Automerge sync message (`automerge::sync::Message::encode()`) for one document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncBody {
+    /// The document.
+    pub doc: DocId,
+    /// The encoded Automerge sync message.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// The hub holds these closed rentals of `device` durably (in Postgres); the device may drop
+/// them from its live document. Idempotent: acknowledging twice changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerAck {
+    /// The device whose rentals these are.
+    pub device: DeviceId,
+    /// The closed rentals now durable at the hub.
+    pub rentals: Vec<RentalId>,
+}
+
+/// One telemetry event: a kind, a JSON payload, and when it happened on the sender.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TelemetryEvent {
+    /// What happened, e.g. `lock.fault`.
+    pub kind: String,
+    /// The details, as JSON text (kept opaque here).
+    pub data_json: String,
+    /// The sender's wall clock at the event.
+    pub wall_ms: WallMillis,
+    /// The sender's boot at the event.
+    pub boot: BootId,
+    /// The sender's monotonic clock at the event.
+    pub mono_ms: MonoMillis,
+}
+
+/// A batch of telemetry events, at most [`TELEMETRY_EVENTS_MAX`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Telemetry {
+    /// The events, oldest first.
+    pub events: Vec<TelemetryEvent>,
+}
