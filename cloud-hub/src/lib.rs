@@ -4,6 +4,10 @@
 //! share one database.
 
 pub mod db;
+pub mod enroll;
 pub mod http;
+pub mod pki;
+pub mod project;
+pub mod quic;
 pub mod seed;
 pub mod world;

@@ -28,7 +28,9 @@ use sqlx::PgPool;
 mod revoke;
 mod store;
 
-pub use revoke::{ConnectRefusal, RevokeOutcome, check_device_allowed, revoked_among, revoke_device};
+pub use revoke::{
+    ConnectRefusal, RevokeOutcome, check_device_allowed, revoke_device, revoked_among,
+};
 pub use store::{
     load_chain_cas, load_or_create_chain_ca, load_or_create_hub_identity,
     load_or_create_platform_ca,
@@ -50,7 +52,9 @@ pub enum PkiError {
         source: sqlx::Error,
     },
     /// A stored certificate or key does not decode (the row was damaged or edited by hand).
-    #[error("the stored {what} is damaged ({source}); restore certificate_authorities / hub_identity from a backup")]
+    #[error(
+        "the stored {what} is damaged ({source}); restore certificate_authorities / hub_identity from a backup"
+    )]
     Stored {
         /// Which stored item.
         what: &'static str,
@@ -59,7 +63,9 @@ pub enum PkiError {
         source: CertPemError,
     },
     /// The device's certificate request was refused.
-    #[error("the certificate request is invalid ({0}); the device must send a PEM PKCS#10 request signed by its new key")]
+    #[error(
+        "the certificate request is invalid ({0}); the device must send a PEM PKCS#10 request signed by its new key"
+    )]
     BadCsr(String),
     /// rcgen could not build or sign a certificate.
     #[error("cannot issue the certificate: {0}")]

@@ -266,6 +266,11 @@ impl Engine {
         Ok(engine)
     }
 
+    /// The live document as `save()` writes it (for sync and tests).
+    pub async fn document(&self) -> Result<Vec<u8>, StoreError> {
+        self.store.transact(|_, state| Ok(state.live.save())).await
+    }
+
     /// Hands the engine a bus (or `None` when it stopped answering altogether).
     pub fn set_bus(&self, bus: Option<Bus>) {
         self.bus_ok

@@ -324,9 +324,9 @@ impl LiveDoc {
         Ok(())
     }
 
-    /// Bytes of the whole document as `save()` writes it.
-    pub fn saved_len(&mut self) -> usize {
-        self.doc.save().len()
+    /// The whole document as `save()` writes it (compacted).
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
     }
 
     fn map_at(&mut self, parent: &ObjId, key: &str) -> Result<ObjId, StoreError> {

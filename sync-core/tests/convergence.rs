@@ -31,7 +31,11 @@ struct Node {
 }
 
 impl Node {
-    fn new(session: Session, docs: BTreeMap<DocId, AutoCommit>, persisted: &BTreeMap<DocId, Vec<u8>>) -> Self {
+    fn new(
+        session: Session,
+        docs: BTreeMap<DocId, AutoCommit>,
+        persisted: &BTreeMap<DocId, Vec<u8>>,
+    ) -> Self {
         let states = persisted
             .iter()
             .map(|(doc, bytes)| (*doc, PeerDocState::decode(*doc, bytes).unwrap()))
@@ -56,7 +60,10 @@ impl Node {
 
     fn generate(&mut self, doc: DocId) {
         let document = self.docs.entry(doc).or_default();
-        let state = self.states.entry(doc).or_insert_with(|| PeerDocState::new(doc));
+        let state = self
+            .states
+            .entry(doc)
+            .or_insert_with(|| PeerDocState::new(doc));
         if let Some(body) = state.generate(document).unwrap() {
             self.session.send(Message::Sync(body)).unwrap();
         }
@@ -65,7 +72,10 @@ impl Node {
     fn on_sync(&mut self, body: SyncBody) {
         let doc = body.doc;
         let document = self.docs.entry(doc).or_default();
-        let state = self.states.entry(doc).or_insert_with(|| PeerDocState::new(doc));
+        let state = self
+            .states
+            .entry(doc)
+            .or_insert_with(|| PeerDocState::new(doc));
         match state.receive(document, &body, &self.hub_actors) {
             Ok(_) => self.generate(doc),
             Err(error) => {
@@ -108,12 +118,17 @@ impl Node {
     }
 
     fn persisted(&self) -> BTreeMap<DocId, Vec<u8>> {
-        self.states.iter().map(|(doc, state)| (*doc, state.encode())).collect()
+        self.states
+            .iter()
+            .map(|(doc, state)| (*doc, state.encode()))
+            .collect()
     }
 }
 
 fn is_initiator(session: &Session) -> bool {
-    session.peer_hello().is_some_and(|hello| hello.role == cartwise_sync_core::message::Role::Hub)
+    session
+        .peer_hello()
+        .is_some_and(|hello| hello.role == cartwise_sync_core::message::Role::Hub)
 }
 
 /// What a run exchanged.
@@ -139,7 +154,11 @@ fn run(device: &mut Node, hub: &mut Node) -> Traffic {
     while idle_flights < 2 {
         mono += 1;
         let now = common::clock(common::BOOT_HUB, mono);
-        let (sender, receiver) = if from_device { (&mut *device, &mut *hub) } else { (&mut *hub, &mut *device) };
+        let (sender, receiver) = if from_device {
+            (&mut *device, &mut *hub)
+        } else {
+            (&mut *hub, &mut *device)
+        };
         let (wire, frames, sync_frames) = sender.drain(now);
         let sync_bytes = sync_wire_bytes(&wire);
         receiver.session.handle_bytes(now, &wire).unwrap();
@@ -186,19 +205,36 @@ fn device_doc(rentals: usize) -> AutoCommit {
 fn add_rentals(doc: &mut AutoCommit, from: usize, count: usize) {
     let rentals = match doc.get(ROOT, "rentals").unwrap() {
         Some((_, id)) => id,
-        None => doc.put_object(ROOT, "rentals", automerge::ObjType::Map).unwrap(),
+        None => doc
+            .put_object(ROOT, "rentals", automerge::ObjType::Map)
+            .unwrap(),
     };
     for index in from..from + count {
         let id = RentalId::from_parts(1_700_000_000_000 + index as u64 * 60_000, [index as u8; 10]);
-        let rental = doc.put_object(&rentals, id.to_string(), automerge::ObjType::Map).unwrap();
+        let rental = doc
+            .put_object(&rentals, id.to_string(), automerge::ObjType::Map)
+            .unwrap();
         doc.put(&rental, "post", (index % 160 + 1) as i64).unwrap();
         doc.put(&rental, "phone", "+972501234567").unwrap();
         doc.put(&rental, "status", "closed").unwrap();
-        doc.put(&rental, "started_wall_ms", 1_700_000_000_000_i64 + index as i64).unwrap();
-        doc.put(&rental, "started_mono_ms", 5_000 + index as i64).unwrap();
-        doc.put(&rental, "ended_wall_ms", 1_700_000_600_000_i64 + index as i64).unwrap();
-        doc.put(&rental, "ended_post", (index % 160 + 2) as i64).unwrap();
-        doc.put(&rental, "hlc", format!("{:016x}-0000-a", index)).unwrap();
+        doc.put(
+            &rental,
+            "started_wall_ms",
+            1_700_000_000_000_i64 + index as i64,
+        )
+        .unwrap();
+        doc.put(&rental, "started_mono_ms", 5_000 + index as i64)
+            .unwrap();
+        doc.put(
+            &rental,
+            "ended_wall_ms",
+            1_700_000_600_000_i64 + index as i64,
+        )
+        .unwrap();
+        doc.put(&rental, "ended_post", (index % 160 + 2) as i64)
+            .unwrap();
+        doc.put(&rental, "hlc", format!("{:016x}-0000-a", index))
+            .unwrap();
         doc.commit();
     }
 }
@@ -216,7 +252,11 @@ fn sessions() -> (Session, Session) {
         common::device_identity(common::device_a()),
         common::clock(common::BOOT_A, 10),
     );
-    let hub = Session::new(common::hub_config(), common::hub_identity(), common::clock(common::BOOT_HUB, 10));
+    let hub = Session::new(
+        common::hub_config(),
+        common::hub_identity(),
+        common::clock(common::BOOT_HUB, 10),
+    );
     (device, hub)
 }
 
@@ -231,14 +271,25 @@ fn documents_converge_then_an_idle_reconnect_is_one_round_trip() {
     let (device_session, hub_session) = sessions();
     let mut device = Node::new(
         device_session,
-        BTreeMap::from([(device_doc_id, device_doc(20)), (intents_id, AutoCommit::new())]),
+        BTreeMap::from([
+            (device_doc_id, device_doc(20)),
+            (intents_id, AutoCommit::new()),
+        ]),
         &BTreeMap::new(),
     );
-    let mut hub = Node::new(hub_session, BTreeMap::from([(intents_id, intents_doc())]), &BTreeMap::new());
+    let mut hub = Node::new(
+        hub_session,
+        BTreeMap::from([(intents_id, intents_doc())]),
+        &BTreeMap::new(),
+    );
     device.open_all();
     let first = run(&mut device, &mut hub);
     for doc in [device_doc_id, intents_id] {
-        assert_eq!(heads(&mut device, &doc), heads(&mut hub, &doc), "{doc} diverged");
+        assert_eq!(
+            heads(&mut device, &doc),
+            heads(&mut hub, &doc),
+            "{doc} diverged"
+        );
     }
     assert!(device.refused.is_empty() && hub.refused.is_empty());
     eprintln!("first sync: {first:?}");
@@ -252,9 +303,16 @@ fn documents_converge_then_an_idle_reconnect_is_one_round_trip() {
     let idle = run(&mut device, &mut hub);
     eprintln!("idle reconnect: {idle:?}");
     assert_eq!(idle.flights, 2, "one round trip: {idle:?}");
-    assert_eq!((idle.up_sync, idle.down_sync), (2, 2), "one Sync each way per document");
+    assert_eq!(
+        (idle.up_sync, idle.down_sync),
+        (2, 2),
+        "one Sync each way per document"
+    );
     let per_doc_round_trip = (idle.up_sync_bytes + idle.down_sync_bytes) / 2;
-    assert!(per_doc_round_trip <= 300, "{per_doc_round_trip} B per document round trip");
+    assert!(
+        per_doc_round_trip <= 300,
+        "{per_doc_round_trip} B per document round trip"
+    );
 
     // A day offline: 300 rentals, then reconnect.
     add_rentals(device.docs.get_mut(&device_doc_id).unwrap(), 20, 300);
@@ -264,7 +322,10 @@ fn documents_converge_then_an_idle_reconnect_is_one_round_trip() {
     let mut hub = Node::new(hub_session, hub.docs, &hub_persisted);
     device.open_all();
     let day = run(&mut device, &mut hub);
-    assert_eq!(heads(&mut device, &device_doc_id), heads(&mut hub, &device_doc_id));
+    assert_eq!(
+        heads(&mut device, &device_doc_id),
+        heads(&mut hub, &device_doc_id)
+    );
     let sync_bytes = day.up_sync_bytes + day.down_sync_bytes;
     eprintln!(
         "300 rentals: {day:?}; round trips {}; {} sync B per rental",
@@ -291,7 +352,11 @@ fn an_out_of_authority_change_is_refused_while_other_documents_sync() {
         common::device_identity(common::device_b()),
         common::clock(common::BOOT_A, 10),
     );
-    let hub_session = Session::new(common::hub_config(), common::hub_identity(), common::clock(common::BOOT_HUB, 10));
+    let hub_session = Session::new(
+        common::hub_config(),
+        common::hub_identity(),
+        common::clock(common::BOOT_HUB, 10),
+    );
     let mut device = Node::new(
         device_session,
         BTreeMap::from([(forged_id, forged), (own_id, own)]),
@@ -301,13 +366,29 @@ fn an_out_of_authority_change_is_refused_while_other_documents_sync() {
     device.open_all();
     run(&mut device, &mut hub);
 
-    assert_eq!(heads(&mut device, &own_id), heads(&mut hub, &own_id), "own document synced");
-    assert!(heads(&mut hub, &forged_id).is_empty(), "forged change applied");
+    assert_eq!(
+        heads(&mut device, &own_id),
+        heads(&mut hub, &own_id),
+        "own document synced"
+    );
+    assert!(
+        heads(&mut hub, &forged_id).is_empty(),
+        "forged change applied"
+    );
     assert_eq!(hub.refused.len(), 1, "{:?}", hub.refused);
     let message = hub.refused[0].to_string();
-    assert!(message.contains(&format!("refused for device/{}", common::DEVICE_A)), "{message}");
-    assert!(message.contains(&device_actor(&common::device_b()).to_hex_string()), "{message}");
-    assert!(message.contains(&format!("only device {}", common::DEVICE_A)), "{message}");
+    assert!(
+        message.contains(&format!("refused for device/{}", common::DEVICE_A)),
+        "{message}"
+    );
+    assert!(
+        message.contains(&device_actor(&common::device_b()).to_hex_string()),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("only device {}", common::DEVICE_A)),
+        "{message}"
+    );
     assert_eq!(device.peer_errors, vec![error_code::AUTHORITY]);
     assert!(device.session.is_established() && hub.session.is_established());
 }

@@ -80,12 +80,47 @@ fn fuzz_seeds_are_written_on_update() {
     for (kind, example) in common::v1_examples() {
         let frame = example.to_frame().unwrap();
         std::fs::write(frame_dir.join(format!("seed-{}", kind.name())), &frame).unwrap();
-        stream.extend(frame);
+        // The session seed skips what ends a session, so every later kind is reached.
+        if !matches!(
+            example,
+            Message::Busy(_) | Message::Refused(_) | Message::Bye(_)
+        ) {
+            stream.extend(frame);
+        }
     }
+    let real_sync = Message::Sync(real_sync_body()).to_frame().unwrap();
+    std::fs::write(frame_dir.join("seed-sync-with-changes"), &real_sync).unwrap();
+    stream.extend(real_sync);
     // First byte: bit 0 = responder, bits 1..5 = chunk size - 1 (see the fuzz target).
     for (name, first) in [("seed-initiator", 0x1E_u8), ("seed-responder", 0x1F_u8)] {
         let mut input = vec![first];
         input.extend(&stream);
         std::fs::write(session_dir.join(name), input).unwrap();
     }
+}
+
+/// A real Automerge sync message carrying device A's changes to an empty peer.
+fn real_sync_body() -> cartwise_sync_core::message::SyncBody {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT};
+    let doc_id = cartwise_sync_core::DocId::device(common::device_a());
+    let mut source =
+        AutoCommit::new().with_actor(cartwise_sync_core::device_actor(&common::device_a()));
+    source.put(ROOT, "post_1", "rented").unwrap();
+    source.commit();
+    let mut target = AutoCommit::new();
+    let (mut source_state, mut target_state) = (
+        cartwise_sync_core::PeerDocState::new(doc_id),
+        cartwise_sync_core::PeerDocState::new(doc_id),
+    );
+    let hub_actors = cartwise_sync_core::HubActors::default();
+    let first = source_state.generate(&mut source).unwrap().unwrap();
+    target_state
+        .receive(&mut target, &first, &hub_actors)
+        .unwrap();
+    let answer = target_state.generate(&mut target).unwrap().unwrap();
+    source_state
+        .receive(&mut source, &answer, &hub_actors)
+        .unwrap();
+    source_state.generate(&mut source).unwrap().unwrap()
 }

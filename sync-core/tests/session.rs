@@ -24,7 +24,11 @@ fn device_at(mono: u64) -> Session {
 }
 
 fn hub_at(mono: u64) -> Session {
-    Session::new(common::hub_config(), common::hub_identity(), clock(BOOT_HUB, mono))
+    Session::new(
+        common::hub_config(),
+        common::hub_identity(),
+        clock(BOOT_HUB, mono),
+    )
 }
 
 /// Moves everything `from` wants to send into `to`; returns `from`'s events.
@@ -59,7 +63,10 @@ fn handshake_negotiates_and_samples_the_trusted_clock() {
     };
     assert_eq!(hello.role, Role::Device);
     assert_eq!(hello.device, Some(common::device_a()));
-    assert!(!hub.is_established(), "waits for the application's admission");
+    assert!(
+        !hub.is_established(),
+        "waits for the application's admission"
+    );
     hub.admit(clock(BOOT_HUB, 1_020)).unwrap();
     let (welcome, frames, hub_events) = drain(&mut hub);
     assert_eq!(frames, 1, "the Welcome");
@@ -110,7 +117,9 @@ fn a_different_major_is_refused() {
     let result = hub.handle_bytes(clock(BOOT_HUB, 5), &hello.to_frame().unwrap());
     assert_eq!(
         result,
-        Err(SessionError::Fatal(CloseReason::RefusedPeer { code: refusal::VERSION }))
+        Err(SessionError::Fatal(CloseReason::RefusedPeer {
+            code: refusal::VERSION
+        }))
     );
     let (bytes, frames, events) = drain(&mut hub);
     assert_eq!(frames, 1);
@@ -121,7 +130,9 @@ fn a_different_major_is_refused() {
     assert_eq!(refused.reason, "protocol major 2 is not 1");
     assert_eq!(
         events,
-        vec![SessionEvent::Closed(CloseReason::RefusedPeer { code: refusal::VERSION })]
+        vec![SessionEvent::Closed(CloseReason::RefusedPeer {
+            code: refusal::VERSION
+        })]
     );
     assert!(hub.is_closed());
 
@@ -147,20 +158,30 @@ fn busy_closes_with_the_retry_hint_and_drops_pipelined_messages() {
     let (mut device, mut hub) = (device_at(0), hub_at(0));
     let doc = DocId::device(common::device_a());
     device
-        .send(Message::Sync(SyncBody { doc, data: vec![0x42] }))
+        .send(Message::Sync(SyncBody {
+            doc,
+            data: vec![0x42],
+        }))
         .unwrap();
     deliver(&mut device, &mut hub, clock(BOOT_HUB, 5));
     hub.busy(60_000).unwrap();
     let events = deliver(&mut hub, &mut device, clock(BOOT_A, 10));
     assert!(
-        !events.iter().any(|event| matches!(event, SessionEvent::SyncReceived(_))),
+        !events
+            .iter()
+            .any(|event| matches!(event, SessionEvent::SyncReceived(_))),
         "{events:?}"
     );
-    assert_eq!(events.last(), Some(&SessionEvent::Closed(CloseReason::DeferredPeer)));
+    assert_eq!(
+        events.last(),
+        Some(&SessionEvent::Closed(CloseReason::DeferredPeer))
+    );
     let (_, _, events) = drain(&mut device);
     assert_eq!(
         events.last(),
-        Some(&SessionEvent::Closed(CloseReason::Busy { retry_after_ms: 60_000 }))
+        Some(&SessionEvent::Closed(CloseReason::Busy {
+            retry_after_ms: 60_000
+        }))
     );
 }
 
@@ -169,11 +190,15 @@ fn pipelined_messages_are_delivered_after_admission_and_bounded() {
     let (mut device, mut hub) = (device_at(0), hub_at(0));
     let doc = DocId::device(common::device_a());
     for _ in 0..PIPELINED_MAX {
-        device.send(Message::Sync(SyncBody { doc, data: vec![1] })).unwrap();
+        device
+            .send(Message::Sync(SyncBody { doc, data: vec![1] }))
+            .unwrap();
     }
     assert_eq!(
         device.send(Message::Sync(SyncBody { doc, data: vec![1] })),
-        Err(SessionError::NotEstablished(cartwise_sync_core::MessageKind::Sync))
+        Err(SessionError::NotEstablished(
+            cartwise_sync_core::MessageKind::Sync
+        ))
     );
     deliver(&mut device, &mut hub, clock(BOOT_HUB, 5));
     hub.admit(clock(BOOT_HUB, 6)).unwrap();
@@ -201,10 +226,16 @@ fn heartbeats_flow_and_a_silent_peer_is_gone_after_three_intervals() {
     device.handle_timeout(clock(BOOT_A, due)).unwrap();
     deliver(&mut device, &mut hub, clock(BOOT_HUB, 31_000));
     let events = deliver(&mut hub, &mut device, clock(BOOT_A, due + 40));
-    assert!(events.iter().any(|event| matches!(event, SessionEvent::Heartbeat(Heartbeat { seq: 1, .. }))));
+    assert!(
+        events
+            .iter()
+            .any(|event| matches!(event, SessionEvent::Heartbeat(Heartbeat { seq: 1, .. })))
+    );
     let (_, _, events) = drain(&mut device);
     assert!(
-        events.iter().any(|event| matches!(event, SessionEvent::ClockSample(sample) if sample.rtt_ms == 40)),
+        events
+            .iter()
+            .any(|event| matches!(event, SessionEvent::ClockSample(sample) if sample.rtt_ms == 40)),
         "{events:?}"
     );
     // Now the hub goes silent: the device gives up 3 intervals after the last frame.
@@ -245,23 +276,36 @@ fn unknown_kinds_are_violations_unless_the_peer_is_newer() {
         #[serde(with = "serde_bytes")]
         b: Vec<u8>,
     }
-    let unknown = rmp_serde::to_vec_named(&Envelope { k: 200, b: vec![0x80] }).unwrap();
+    let unknown = rmp_serde::to_vec_named(&Envelope {
+        k: 200,
+        b: vec![0x80],
+    })
+    .unwrap();
     let (device, mut hub) = established();
     drain(&mut hub);
     hub.handle_frame(clock(BOOT_HUB, 2_000), &unknown).unwrap();
     let (bytes, _, events) = drain(&mut hub);
     assert!(matches!(
         events.as_slice(),
-        [SessionEvent::PeerViolation { code: error_code::UNEXPECTED, .. }]
+        [SessionEvent::PeerViolation {
+            code: error_code::UNEXPECTED,
+            ..
+        }]
     ));
-    let Message::Error(error) = Message::decode(&bytes[4..]).unwrap() else { panic!() };
+    let Message::Error(error) = Message::decode(&bytes[4..]).unwrap() else {
+        panic!()
+    };
     assert_eq!(error.reason, "unknown message tag 200");
     drop(device);
 
     // A device that speaks minor 1 may send kinds this version does not know.
     let mut config = SessionConfig::new(Side::Initiator);
     config.protocol_minor = 1;
-    let mut newer = Session::new(config, common::device_identity(common::device_a()), clock(BOOT_A, 0));
+    let mut newer = Session::new(
+        config,
+        common::device_identity(common::device_a()),
+        clock(BOOT_A, 0),
+    );
     let mut hub = hub_at(0);
     deliver(&mut newer, &mut hub, clock(BOOT_HUB, 1));
     hub.admit(clock(BOOT_HUB, 2)).unwrap();
@@ -276,11 +320,16 @@ fn unknown_kinds_are_violations_unless_the_peer_is_newer() {
 fn a_message_before_hello_is_refused() {
     let mut hub = hub_at(0);
     drain(&mut hub);
-    let bye_not_first = Message::Sync(SyncBody { doc: DocId::device(common::device_a()), data: vec![] });
+    let bye_not_first = Message::Sync(SyncBody {
+        doc: DocId::device(common::device_a()),
+        data: vec![],
+    });
     let result = hub.handle_bytes(clock(BOOT_HUB, 1), &bye_not_first.to_frame().unwrap());
     assert_eq!(
         result,
-        Err(SessionError::Fatal(CloseReason::RefusedPeer { code: refusal::PROTOCOL }))
+        Err(SessionError::Fatal(CloseReason::RefusedPeer {
+            code: refusal::PROTOCOL
+        }))
     );
 }
 
@@ -291,17 +340,31 @@ fn a_ledger_ack_is_only_accepted_from_the_hub() {
         device: common::device_a(),
         rentals: vec![],
     });
-    assert!(matches!(device.send(ack.clone()), Err(SessionError::RoleMayNotSend { .. })));
+    assert!(matches!(
+        device.send(ack.clone()),
+        Err(SessionError::RoleMayNotSend { .. })
+    ));
     hub.send(ack.clone()).unwrap();
     let events = deliver(&mut hub, &mut device, clock(BOOT_A, 500));
     drop(events);
     let (_, _, events) = drain(&mut device);
-    assert!(events.iter().any(|event| matches!(event, SessionEvent::LedgerAck(_))));
+    assert!(
+        events
+            .iter()
+            .any(|event| matches!(event, SessionEvent::LedgerAck(_)))
+    );
     // Forged from the device side: a violation at the hub.
     drain(&mut hub);
-    hub.handle_bytes(clock(BOOT_HUB, 2_000), &ack.to_frame().unwrap()).unwrap();
+    hub.handle_bytes(clock(BOOT_HUB, 2_000), &ack.to_frame().unwrap())
+        .unwrap();
     let (_, _, events) = drain(&mut hub);
-    assert!(matches!(events.as_slice(), [SessionEvent::PeerViolation { code: error_code::UNEXPECTED, .. }]));
+    assert!(matches!(
+        events.as_slice(),
+        [SessionEvent::PeerViolation {
+            code: error_code::UNEXPECTED,
+            ..
+        }]
+    ));
 }
 
 #[test]
@@ -314,9 +377,14 @@ fn a_heartbeat_flood_is_bounded_and_closes_the_session() {
     for seq in 1..=100_000 {
         let now = clock(BOOT_A, 200);
         stream.extend(
-            Message::Heartbeat(Heartbeat { seq, wall_ms: now.wall, boot: now.boot, mono_ms: now.mono })
-                .to_frame()
-                .unwrap(),
+            Message::Heartbeat(Heartbeat {
+                seq,
+                wall_ms: now.wall,
+                boot: now.boot,
+                mono_ms: now.mono,
+            })
+            .to_frame()
+            .unwrap(),
         );
     }
     let mut result = Ok(());
@@ -330,12 +398,21 @@ fn a_heartbeat_flood_is_bounded_and_closes_the_session() {
     let Err(SessionError::Fatal(CloseReason::Protocol { reason })) = result else {
         panic!("{result:?}");
     };
-    assert!(reason.starts_with(&format!("more than {VIOLATIONS_MAX} violations")), "{reason}");
+    assert!(
+        reason.starts_with(&format!("more than {VIOLATIONS_MAX} violations")),
+        "{reason}"
+    );
     let (_, frames, events) = drain(&mut hub);
     // One ack, VIOLATIONS_MAX errors, the final error.
     assert_eq!(frames, 1 + VIOLATIONS_MAX as usize + 1);
-    assert!(matches!(events.last(), Some(SessionEvent::Closed(CloseReason::Protocol { .. }))));
-    assert_eq!(hub.handle_bytes(clock(BOOT_HUB, 3_001), b"x"), Err(SessionError::Closed));
+    assert!(matches!(
+        events.last(),
+        Some(SessionEvent::Closed(CloseReason::Protocol { .. }))
+    ));
+    assert_eq!(
+        hub.handle_bytes(clock(BOOT_HUB, 3_001), b"x"),
+        Err(SessionError::Closed)
+    );
 }
 
 #[test]
@@ -345,23 +422,37 @@ fn an_undrained_output_queue_closes_instead_of_growing() {
     let mut result = Ok(());
     for seq in 0..(OUTPUT_QUEUE_MAX as u64) {
         let now = clock(BOOT_HUB, 10_000 + seq * 1_000);
-        let heartbeat = Message::Heartbeat(Heartbeat { seq, wall_ms: now.wall, boot: now.boot, mono_ms: now.mono });
+        let heartbeat = Message::Heartbeat(Heartbeat {
+            seq,
+            wall_ms: now.wall,
+            boot: now.boot,
+            mono_ms: now.mono,
+        });
         result = hub.handle_bytes(now, &heartbeat.to_frame().unwrap());
         if result.is_err() {
             break;
         }
     }
-    assert_eq!(result, Err(SessionError::Fatal(CloseReason::OutputQueueFull)));
+    assert_eq!(
+        result,
+        Err(SessionError::Fatal(CloseReason::OutputQueueFull))
+    );
     let (_, frames, events) = drain(&mut hub);
     assert_eq!(frames, 0);
-    assert_eq!(events, vec![SessionEvent::Closed(CloseReason::OutputQueueFull)]);
+    assert_eq!(
+        events,
+        vec![SessionEvent::Closed(CloseReason::OutputQueueFull)]
+    );
 }
 
 #[test]
 fn an_oversized_frame_closes_the_connection() {
     let (_, mut hub) = established();
     let result = hub.handle_bytes(clock(BOOT_HUB, 5_000), &u32::MAX.to_be_bytes());
-    assert!(matches!(result, Err(SessionError::Fatal(CloseReason::Frame(_)))));
+    assert!(matches!(
+        result,
+        Err(SessionError::Fatal(CloseReason::Frame(_)))
+    ));
     assert!(hub.is_closed());
 }
 
@@ -376,6 +467,9 @@ fn session_controlled_and_capability_gated_kinds() {
     device.close("done");
     let (bytes, frames, events) = drain(&mut device);
     assert_eq!(frames, 1);
-    assert!(matches!(Message::decode(&bytes[4..]).unwrap(), Message::Bye(_)));
+    assert!(matches!(
+        Message::decode(&bytes[4..]).unwrap(),
+        Message::Bye(_)
+    ));
     assert_eq!(events, vec![SessionEvent::Closed(CloseReason::Local)]);
 }

@@ -31,7 +31,9 @@ pub enum ConnectRefusal {
     #[error("device revoked: it may not sync; enroll a new device if this is a mistake")]
     Revoked,
     /// The device is now in another branch or chain than its certificate says.
-    #[error("the device's branch or chain changed since its certificate was issued; enroll it again")]
+    #[error(
+        "the device's branch or chain changed since its certificate was issued; enroll it again"
+    )]
     WrongScope,
     /// The certificate's serial was never recorded as issued to this device.
     #[error("certificate not issued to this device; enroll it again")]

@@ -118,7 +118,8 @@ pub async fn load_or_create_hub_identity(pool: &PgPool) -> Result<HubIdentity, P
     };
     if due {
         let key = KeyPair::generate()?;
-        let cert = identity::hub_server_params(unix_now())?.signed_by(&key, &platform_ca.issuer()?)?;
+        let cert =
+            identity::hub_server_params(unix_now())?.signed_by(&key, &platform_ca.issuer()?)?;
         let not_after = inspect_certificate(cert.der())
             .map(|info| info.not_after_unix)
             .unwrap_or(0);

@@ -63,7 +63,9 @@ pub enum EnrollResponse {
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollWireError {
     /// The frame is longer than [`ENROLL_FRAME_LEN_MAX`].
-    #[error("enrollment message of {0} bytes is larger than the {ENROLL_FRAME_LEN_MAX}-byte maximum")]
+    #[error(
+        "enrollment message of {0} bytes is larger than the {ENROLL_FRAME_LEN_MAX}-byte maximum"
+    )]
     TooLong(usize),
     /// The payload is not the expected MessagePack map.
     #[error("malformed enrollment message: {0}")]
@@ -122,7 +124,9 @@ pub struct EnrollUrl {
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollUrlError {
     /// Wrong scheme or shape.
-    #[error("invalid enrollment URL {0:?}: expected cartwise-enroll://HOST:PORT?code=CODE&ca=SHA256HEX")]
+    #[error(
+        "invalid enrollment URL {0:?}: expected cartwise-enroll://HOST:PORT?code=CODE&ca=SHA256HEX"
+    )]
     Shape(String),
     /// The `ca` parameter is not a fingerprint.
     #[error(transparent)]
