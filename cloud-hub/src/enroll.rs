@@ -40,7 +40,7 @@ pub enum EnrollError {
     UnknownCode,
     /// The code was already used.
     #[error(
-        "this enrollment code was already used at {0}; ask an admin for a new one (`cartwise-hub device add` or re-issue)"
+        "this enrollment code was already used at {0}; ask an admin for a new one (`cartwise-hub device code DEVICE_ID`)"
     )]
     UsedCode(DateTime<Utc>),
     /// The code expired.
@@ -385,17 +385,15 @@ pub async fn list_devices(
     .fetch_all(pool)
     .await
     .map_err(db("listing devices"))?;
-    if rows.is_empty() {
-        if let Some(code) = branch_code {
-            let exists: Option<i32> =
-                sqlx::query_scalar("SELECT 1 FROM branches WHERE branch_code = $1")
-                    .bind(code)
-                    .fetch_optional(pool)
-                    .await
-                    .map_err(db("finding the branch"))?;
-            if exists.is_none() {
-                return Err(EnrollError::UnknownBranch(code.to_owned()));
-            }
+    if let (true, Some(code)) = (rows.is_empty(), branch_code) {
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM branches WHERE branch_code = $1")
+                .bind(code)
+                .fetch_optional(pool)
+                .await
+                .map_err(db("finding the branch"))?;
+        if exists.is_none() {
+            return Err(EnrollError::UnknownBranch(code.to_owned()));
         }
     }
     Ok(rows

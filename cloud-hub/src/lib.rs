@@ -3,11 +3,14 @@
 //! Architecture Invariant: the hub keeps no state outside Postgres, so several hub processes can
 //! share one database.
 
+pub mod clock;
 pub mod db;
+pub mod docs_store;
 pub mod enroll;
 pub mod http;
 pub mod pki;
 pub mod project;
 pub mod quic;
 pub mod seed;
+pub mod sync_server;
 pub mod world;

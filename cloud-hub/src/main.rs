@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use cartwise_cloud_hub::{db, enroll, http, pki, quic, seed, world::World};
+use cartwise_cloud_hub::clock::HubClock;
+use cartwise_cloud_hub::{db, enroll, http, pki, quic, seed, sync_server, world::World};
 use cartwise_schema::DeviceId;
 use cartwise_sync_core::identity::EnrollUrl;
 use clap::{Args, Parser, Subcommand};
@@ -176,9 +177,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     let shutdown = async move {
                         let _ = stopped.changed().await;
                     };
+                    let server = std::sync::Arc::new(sync_server::SyncServer {
+                        pool: pool.clone(),
+                        clock: std::sync::Arc::new(HubClock::new()),
+                        hub_actors: cartwise_sync_core::HubActors::new([]),
+                    });
                     let handle =
-                        quic::spawn(config, pool.clone(), quic::hold_open_handler(), shutdown)
-                            .await?;
+                        quic::spawn(config, pool.clone(), server.handler(), shutdown).await?;
+                    tokio::spawn(sweep_offline(pool.clone()));
                     println!(
                         "hub quic listening on {} (platform CA sha256 {})",
                         handle.local_addr, handle.platform_ca_sha256
@@ -207,6 +213,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Marks devices offline after missed heartbeats, every 15 s, for the life of the process.
+async fn sweep_offline(pool: sqlx::PgPool) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(15));
+    loop {
+        ticker.tick().await;
+        if let Err(error) = sync_server::sweep_offline(&pool).await {
+            tracing::warn!(%error, "marking offline devices failed");
+        }
+    }
+}
+
 async fn run_device(command: DeviceCommand) -> anyhow::Result<()> {
     match command {
         DeviceCommand::Add { branch, name, code } => {
@@ -228,7 +245,9 @@ async fn run_device(command: DeviceCommand) -> anyhow::Result<()> {
                     "revoked device {device} and {certificates} certificate(s); \
                      connected hubs drop it within seconds"
                 ),
-                pki::RevokeOutcome::AlreadyRevoked => println!("device {device} was already revoked"),
+                pki::RevokeOutcome::AlreadyRevoked => {
+                    println!("device {device} was already revoked")
+                }
                 pki::RevokeOutcome::UnknownDevice => {
                     anyhow::bail!("no device has the id {device}; see `cartwise-hub device list`")
                 }
@@ -246,7 +265,10 @@ async fn run_device(command: DeviceCommand) -> anyhow::Result<()> {
                     .cert_not_after
                     .map(|at| at.format("%Y-%m-%d").to_string())
                     .unwrap_or_else(|| "-".to_owned());
-                println!("{}\t{}\t{}\t{state}\t{expiry}", row.device, row.branch_code, row.name);
+                println!(
+                    "{}\t{}\t{}\t{state}\t{expiry}",
+                    row.device, row.branch_code, row.name
+                );
             }
         }
     }

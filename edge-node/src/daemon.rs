@@ -19,6 +19,7 @@ use crate::cu16::{Bus, PollEvent, PollerConfig, spawn_poller};
 use crate::engine::Engine;
 use crate::kiosk::{self, Kiosk};
 use crate::shopper::{ShopperAuth, load_or_create_key_file};
+use crate::uplink::{self, HubLink};
 
 /// Consecutive failed bus reads before the bus is closed and opened again.
 pub const BUS_FAILURES_MAX: u32 = 6;
@@ -65,12 +66,24 @@ pub async fn spawn(
             config.data_dir.display()
         )
     })?;
+    if let Ok(enrolled) = crate::identity::load(&config.data_dir) {
+        let peer = enrolled.peer();
+        anyhow::ensure!(
+            peer.device == config.device.id && peer.branch == config.device.branch_id,
+            "the config names device {} of branch {}, but this Pi is enrolled as device {} of \
+             branch {}: fix [device] in the config",
+            config.device.id,
+            config.device.branch_id,
+            peer.device,
+            peer.branch
+        );
+    }
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let engine = Arc::new(
         Engine::open(
             &config.data_dir.join("edge.db"),
             config.engine_config()?,
-            clock,
+            Arc::clone(&clock),
             StdRng::from_rng(&mut rng),
         )
         .await
@@ -83,11 +96,13 @@ pub async fn spawn(
         None => None,
     };
     let auth = ShopperAuth::new(&config.shopper, key);
+    let link = Arc::new(HubLink::default());
     let kiosk = Arc::new(Kiosk::new(
         Arc::clone(&engine),
         auth,
         sms,
         config.device.name.clone(),
+        Arc::clone(&link),
         StdRng::from_rng(&mut rng),
     ));
 
@@ -118,7 +133,14 @@ pub async fn spawn(
         config.clone(),
         stopped.clone(),
     ));
-    tasks.spawn(tick(Arc::clone(&engine), stopped));
+    tasks.spawn(tick(Arc::clone(&engine), stopped.clone()));
+    tasks.spawn(uplink::run(
+        Arc::clone(&engine),
+        clock,
+        config.data_dir.clone(),
+        link,
+        stopped,
+    ));
     tracing::info!(%http, device = %config.device.id, "edge node running");
     Ok(RunningEdge {
         http,

@@ -14,6 +14,7 @@ mod give_back;
 mod lend;
 mod query;
 mod sense;
+mod sync;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, RwLock};
@@ -104,6 +105,8 @@ pub struct EngineConfig {
 /// What the store thread owns beside the connection.
 pub struct EdgeState {
     pub live: LiveDoc,
+    /// Woken whenever the live document gained changes (the uplink then syncs them).
+    pub changed: Arc<tokio::sync::Notify>,
     pub timeline: Timeline,
     hlc: HlcClock,
     device: DeviceId,
@@ -127,6 +130,7 @@ impl EdgeState {
             None => HlcClock::new(node, HLC_MAX_DRIFT_MS_DEFAULT),
         };
         Ok(Self {
+            changed: Arc::new(tokio::sync::Notify::new()),
             live: LiveDoc::open(conn, device, branch)?,
             timeline: Timeline::load(conn)?,
             hlc,
@@ -190,7 +194,10 @@ impl EdgeState {
 
     /// Persists the live document's new changes; call last in a job.
     pub fn finish(&mut self, conn: &Connection) -> Result<(), StoreError> {
-        self.live.persist(conn)
+        if self.live.persist(conn)? {
+            self.changed.notify_one();
+        }
+        Ok(())
     }
 
     /// The device this state belongs to.
@@ -201,7 +208,9 @@ impl EdgeState {
 
 impl StoreState for EdgeState {
     fn reload(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        let changed = Arc::clone(&self.changed);
         *self = EdgeState::load(conn, self.device, self.branch)?;
+        self.changed = changed;
         Ok(())
     }
 }
@@ -316,36 +325,19 @@ impl Engine {
         RentalId::from_parts(u64::try_from(unix_ms).unwrap_or(0), bytes)
     }
 
-    /// Learns the trusted wall time for the current boot (from the hub, a technician or an
-    /// operator) and returns the offset in milliseconds (trusted − local).
+    /// Learns the trusted wall time for the current boot (from an operator or a technician)
+    /// and returns the offset in milliseconds (trusted − local).
     pub async fn set_trusted_time(
         &self,
         trusted_wall_ms: i64,
         source: &'static str,
     ) -> Result<i64, StoreError> {
-        let reading = self.clock.read();
-        self.store
-            .transact(move |tx, state| {
-                let at = state.stamp(tx, reading)?;
-                let offset = cartwise_schema::BootOffset::learn(
-                    reading.boot,
-                    reading.mono,
-                    reading.wall,
-                    cartwise_schema::WallMillis::new(trusted_wall_ms),
-                );
-                let offset_ms = state.timeline.learn(tx, offset, source)?;
-                // Every rental the document still carries gets its corrected times again.
-                for rental in ledger::rentals_where(tx, "1 = 1", &[], 100_000, 0)? {
-                    if state.live.has_rental(rental.id) {
-                        state.live.put_rental(&rental, &state.timeline)?;
-                    }
-                }
-                let data = json!({ "source": source, "offset_ms": offset_ms });
-                ledger::append_event(tx, "time_learned", None, None, &data, &at)?;
-                state.finish(tx)?;
-                Ok(offset_ms)
-            })
-            .await
+        self.learn_time(
+            self.clock.read(),
+            cartwise_schema::WallMillis::new(trusted_wall_ms),
+            source,
+        )
+        .await
     }
 
     fn begin_flight(&self, id: RentalId) {

@@ -44,6 +44,8 @@ pub struct Kiosk {
     /// Whether the last SMS send failed for lack of a network.
     pub sms_down: AtomicBool,
     pub device_name: String,
+    /// Whether the node is in session with the hub.
+    pub hub: Arc<crate::uplink::HubLink>,
     rng: Mutex<StdRng>,
     verified: Mutex<VecDeque<(Phone, String, MonoMillis)>>,
 }
@@ -63,6 +65,7 @@ impl Kiosk {
         auth: ShopperAuth,
         sms: Option<Arc<dyn SmsSender>>,
         device_name: String,
+        hub: Arc<crate::uplink::HubLink>,
         rng: StdRng,
     ) -> Self {
         Self {
@@ -71,6 +74,7 @@ impl Kiosk {
             sms,
             sms_down: AtomicBool::new(false),
             device_name,
+            hub,
             rng: Mutex::new(rng),
             verified: Mutex::new(VecDeque::new()),
         }

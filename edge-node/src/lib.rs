@@ -16,6 +16,10 @@ pub mod daemon;
 #[cfg(feature = "node")]
 pub mod engine;
 #[cfg(feature = "node")]
+pub mod enroll_cli;
+#[cfg(feature = "node")]
+pub mod identity;
+#[cfg(feature = "node")]
 pub mod kiosk;
 #[cfg(feature = "node")]
 pub mod ledger;
@@ -36,3 +40,5 @@ pub mod sim_board;
 pub mod store;
 #[cfg(feature = "node")]
 pub mod timekeeping;
+#[cfg(feature = "node")]
+pub mod uplink;

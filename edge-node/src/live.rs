@@ -101,6 +101,11 @@ impl LiveDoc {
         &self.doc
     }
 
+    /// The document for sync, which may apply a peer's changes.
+    pub fn doc_mut(&mut self) -> &mut AutoCommit {
+        &mut self.doc
+    }
+
     /// The document's heads (closes any open transaction).
     pub fn heads(&mut self) -> Vec<automerge::ChangeHash> {
         self.doc.get_heads()
@@ -297,10 +302,11 @@ impl LiveDoc {
     }
 
     /// Appends the changes made since the last persist to the store; compacts when due.
-    pub fn persist(&mut self, conn: &Connection) -> Result<(), StoreError> {
+    /// Returns whether there was anything new.
+    pub fn persist(&mut self, conn: &Connection) -> Result<bool, StoreError> {
         let chunk = self.doc.save_incremental();
         if chunk.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let next: i64 = conn.query_row(
             "SELECT coalesce(max(seq), 0) + 1 FROM doc_changes WHERE doc = ?1",
@@ -321,7 +327,7 @@ impl LiveDoc {
                 params![self.name, next, chunk],
             )?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The whole document as `save()` writes it (compacted).

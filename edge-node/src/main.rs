@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use cartwise_edge_node::{bus_cli, run_cli, sim_board};
+use cartwise_edge_node::{bus_cli, enroll_cli, run_cli, sim_board};
 use clap::Parser;
 
 /// CartWise edge node: lends and returns carts at a branch, with or without the internet.
@@ -20,6 +20,8 @@ enum Command {
     SimBoard(sim_board::cli::SimBoardArgs),
     /// Test the RS485 lock bus: scan, status, unlock, pulse, watch.
     Bus(bus_cli::BusArgs),
+    /// Enroll this device with the hub: trade a one-time code for its certificate.
+    Enroll(enroll_cli::EnrollArgs),
 }
 
 #[tokio::main]
@@ -31,6 +33,7 @@ async fn main() -> ExitCode {
         Command::Time(args) => run_cli::time(args).await,
         Command::SimBoard(args) => sim_board::cli::run(args).await,
         Command::Bus(args) => bus_cli::run(args).await,
+        Command::Enroll(args) => enroll_cli::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,11 +15,18 @@ pub struct Migration {
 }
 
 /// The edge's SQLite migrations, in order. After applying the first `n`, `user_version` is `n`.
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "edge_store",
-    sql: include_str!("../migrations/sqlite/0001_edge_store.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "edge_store",
+        sql: include_str!("../migrations/sqlite/0001_edge_store.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "sync",
+        sql: include_str!("../migrations/sqlite/0002_sync.sql"),
+    },
+];
 
 /// The SQLite schema version a fully migrated edge store has.
 pub const SQLITE_VERSION: u32 = SQLITE.len() as u32;

@@ -7,7 +7,7 @@
 //! # 1. Transport
 //!
 //! One QUIC connection with mutual TLS per pair of peers, ALPN [`session::ALPN`]
-//! (`cartsync/1`: the ALPN carries the major version), and one long-lived bidirectional
+//! (`cartwise-sync/1`: the ALPN carries the major version), and one long-lived bidirectional
 //! stream carrying the session. The certificate binds the peer to its chain, branch and
 //! device: it is the **authority** on who the peer is. Everything a peer says about itself
 //! in `Hello` is informational and is checked against the certificate.

@@ -1,5 +1,6 @@
 //! The authority check on real Automerge sync messages (v1 change lists, v2 concatenated
 //! changes, v2 whole documents, garbage), relayed changes, and signed heads.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly by design
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Two in-memory sessions with Automerge documents: convergence through `Sync` messages with
 //! loss-free delivery, an idle reconnect from persisted sync state in one round trip, a
 //! 300-rental catch-up, and an out-of-authority change refused while other documents sync.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly by design
 
 mod common;
 

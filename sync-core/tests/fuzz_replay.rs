@@ -1,6 +1,7 @@
 //! Replays every fuzz seed and every committed crasher on stable: `fuzz/corpus/<target>/*`
 //! and `fuzz/regressions/<target>/*` for `sync_frame` and `sync_session`, through the same
 //! code the fuzz targets run (`common/fuzz_drive.rs`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly by design
 
 #[path = "common/fuzz_drive.rs"]
 mod fuzz_drive;

@@ -3,6 +3,7 @@
 //! wire format cannot change silently. `UPDATE_GOLDEN=1 cargo test -p cartwise-sync-core
 //! --test golden` rewrites the files (only for a deliberate, new wire version) and the fuzz
 //! seeds derived from them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly by design
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Codec properties: every message round-trips, arbitrary bytes never panic the decoders,
 //! unknown tags decode as `Unknown`, and limits hold on both sides.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly by design
 
 mod common;
 

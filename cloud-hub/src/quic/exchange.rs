@@ -100,10 +100,10 @@ pub(super) async fn enroll(
             Ok(enrolled) => {
                 tracing::info!(device = %enrolled.identity.device, "device enrolled");
                 // Trust the chain's CA at once if this enrollment created it.
-                if !registry.contains(enrolled.identity.chain) {
-                    if let Err(error) = refresh_chain_cas(pool, registry).await {
-                        tracing::warn!(%error, "loading the new chain CA failed");
-                    }
+                if !registry.contains(enrolled.identity.chain)
+                    && let Err(error) = refresh_chain_cas(pool, registry).await
+                {
+                    tracing::warn!(%error, "loading the new chain CA failed");
                 }
                 granted(&enrolled.identity, enrolled.issued, platform_ca_pem)
             }

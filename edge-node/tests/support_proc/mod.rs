@@ -370,9 +370,9 @@ pub async fn sign_in(api: &Api, outbox: &Path, phone: &str) -> String {
     let text = std::fs::read_to_string(outbox).unwrap();
     let code = text
         .lines()
+        .rev()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|sms| sms["to"] == json!(to))
-        .last()
+        .find(|sms| sms["to"] == json!(to))
         .and_then(|sms| sms["code"].as_str().map(str::to_string))
         .unwrap_or_else(|| panic!("no SMS to {to} in the outbox"));
     let (status, body) = api

@@ -42,3 +42,18 @@ ALTER TABLE rentals ADD COLUMN device_id uuid REFERENCES devices (id);
 ALTER TABLE rentals ADD COLUMN return_cart_id uuid REFERENCES carts (id);
 ALTER TABLE rentals ADD COLUMN time_trusted boolean NOT NULL DEFAULT false;
 ALTER TABLE rentals ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now();
+
+-- Append-only audit log: who did what to what (refused writes included).
+CREATE TABLE audit_log (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at         timestamptz NOT NULL DEFAULT now(),
+    actor_kind varchar(20) NOT NULL,
+    actor_id   text NOT NULL,
+    chain_id   uuid,
+    branch_id  uuid,
+    action     varchar(80) NOT NULL,
+    target     text,
+    detail     jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+CREATE INDEX audit_log_at_idx ON audit_log (at);
+CREATE INDEX audit_log_scope_idx ON audit_log (chain_id, branch_id, at);

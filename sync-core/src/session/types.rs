@@ -16,7 +16,7 @@ pub const PROTOCOL_MAJOR: u16 = 1;
 /// The highest minor version this implementation speaks.
 pub const PROTOCOL_MINOR: u16 = 0;
 /// The QUIC ALPN of this major version.
-pub const ALPN: &[u8] = b"cartsync/1";
+pub const ALPN: &[u8] = crate::identity::ALPN_SYNC;
 
 /// Heartbeat interval when the configuration does not say (30 s).
 pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u32 = 30_000;

@@ -1,5 +1,6 @@
 //! What the fuzz targets do with their input, shared with the stable replay test
 //! (`tests/fuzz_replay.rs`) through `#[path]` so both run exactly the same code.
+#![allow(dead_code)] // each fuzz target uses one of the two drivers
 
 use automerge::AutoCommit;
 use cartwise_schema::{BootId, ClockReading, MonoMillis, WallMillis};

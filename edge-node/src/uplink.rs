@@ -1,0 +1,211 @@
+//! The edge's connection to the hub: connect with mutual TLS (capped, jittered backoff;
+//! honouring the hub's "come back later"), run a sync session over one stream, push the live
+//! document whenever it changes, apply the hub's acknowledgements and learn trusted time.
+//! A thin shell: the session logic is `cartwise_sync_core::Session`, the decisions the
+//! engine's.
+//!
+//! Nothing here is needed to lend or return: when the hub is unreachable the node keeps
+//! working and this task keeps retrying.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use cartwise_schema::Clock;
+use cartwise_sync_core::identity::HUB_SERVER_NAME;
+use cartwise_sync_core::message::body::{DocHeads, Docs, Role};
+use cartwise_sync_core::session::LocalIdentity;
+use cartwise_sync_core::{Message, Output, Session, SessionConfig, SessionEvent, Side};
+use rand::RngExt as _;
+use tokio::sync::watch;
+
+use crate::engine::Engine;
+use crate::identity::{self, EdgeIdentity};
+
+/// First wait after a failed connection.
+pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The peer name sync progress with the hub is stored under.
+pub const HUB_PEER: &str = "hub";
+
+/// Whether the node is in session with the hub (for `/health`).
+#[derive(Debug, Default)]
+pub struct HubLink {
+    connected: AtomicBool,
+}
+
+impl HubLink {
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs until `stopped`; waits for an enrollment if the node has none yet.
+pub async fn run(
+    engine: Arc<Engine>,
+    clock: Arc<dyn Clock>,
+    data_dir: PathBuf,
+    link: Arc<HubLink>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let wait = match identity::load(&data_dir) {
+            Ok(identity) => match session(&engine, &clock, &identity, &link, &mut stopped).await {
+                Ok(Some(hint)) => hint,
+                Ok(None) => {
+                    backoff = BACKOFF_MIN;
+                    BACKOFF_MIN
+                }
+                Err(reason) => {
+                    tracing::info!(%reason, retry_in = ?backoff, "hub not reachable; lending continues offline");
+                    let this = backoff;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    this
+                }
+            },
+            Err(_) => BACKOFF_MAX,
+        };
+        link.connected.store(false, Ordering::Relaxed);
+        let jitter =
+            rand::rng().random_range(0..=wait.as_millis().min(u128::from(u32::MAX)) as u64 / 2);
+        tokio::select! {
+            () = tokio::time::sleep(wait + Duration::from_millis(jitter)) => {}
+            () = wait_stopped(&mut stopped) => return,
+        }
+    }
+}
+
+async fn wait_stopped(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// One session. `Ok(Some(wait))` is the hub's "come back later"; `Ok(None)` a clean end.
+async fn session(
+    engine: &Engine,
+    clock: &Arc<dyn Clock>,
+    identity: &EdgeIdentity,
+    link: &HubLink,
+    stopped: &mut watch::Receiver<bool>,
+) -> Result<Option<Duration>, String> {
+    let config = identity::hub_client_config(identity).map_err(|e| e.to_string())?;
+    let endpoint = identity::client_endpoint().map_err(|e| e.to_string())?;
+    let conn = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        identity::connect(&endpoint, &identity.hub, config, HUB_SERVER_NAME),
+    )
+    .await
+    .map_err(|_| "connecting timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let peer = identity.peer();
+    let local = LocalIdentity {
+        role: Role::Device,
+        chain: peer.chain,
+        branch: Some(peer.branch),
+        device: Some(peer.device),
+        schema_version: cartwise_sync_core::facts::DEVICE_DOC_SCHEMA as u32,
+    };
+    let mut session = Session::new(SessionConfig::new(Side::Initiator), local, clock.read());
+    // Pipelined behind the Hello: an idle reconnect is one round trip.
+    let doc = engine.document_id();
+    let _ = session.send(Message::Docs(Docs {
+        docs: vec![DocHeads {
+            doc,
+            heads: Vec::new(),
+        }],
+    }));
+    if let Some(body) = engine
+        .sync_generate(HUB_PEER.into())
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let _ = session.send(Message::Sync(body));
+    }
+    let changed = engine.document_changed().await;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut hint = None;
+    loop {
+        while let Some(output) = session.poll_output() {
+            match output {
+                Output::Send(bytes) => send.write_all(&bytes).await.map_err(|e| e.to_string())?,
+                Output::Event(event) => match event {
+                    SessionEvent::Established { .. } => {
+                        link.connected.store(true, Ordering::Relaxed);
+                        tracing::info!(hub = %identity.hub, "in session with the hub");
+                    }
+                    SessionEvent::ClockSample(sample) => {
+                        if let Err(error) = engine
+                            .learn_time(sample.local, sample.trusted_wall, "hub")
+                            .await
+                        {
+                            tracing::warn!(%error, "learning the hub's time failed");
+                        }
+                    }
+                    SessionEvent::SyncReceived(body) => {
+                        match engine.sync_receive(HUB_PEER.into(), body).await {
+                            Ok(Some(reply)) => {
+                                let _ = session.send(Message::Sync(reply));
+                            }
+                            Ok(None) => {}
+                            Err(error) => {
+                                tracing::warn!(%error, "a sync message from the hub was not applied")
+                            }
+                        }
+                    }
+                    SessionEvent::LedgerAck(ack) => match engine.ledger_acked(ack.rentals).await {
+                        Ok(dropped) => {
+                            tracing::debug!(dropped, "closed rentals left the live document")
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "applying the hub's acknowledgement failed")
+                        }
+                    },
+                    SessionEvent::Closed(reason) => {
+                        tracing::info!(?reason, "hub session closed");
+                        if let cartwise_sync_core::CloseReason::Busy { retry_after_ms } = reason {
+                            hint = Some(Duration::from_millis(u64::from(retry_after_ms)));
+                        }
+                    }
+                    SessionEvent::PeerError(error) => {
+                        tracing::warn!(code = error.code, reason = %error.reason, "the hub reported an error")
+                    }
+                    _ => {}
+                },
+            }
+        }
+        if session.is_closed() {
+            return Ok(hint);
+        }
+        let now = clock.read();
+        let wait = session
+            .poll_timeout()
+            .map(|deadline| Duration::from_millis(deadline.saturating_sub(now.mono.get())))
+            .unwrap_or(Duration::from_secs(60));
+        tokio::select! {
+            read = recv.read(&mut buf) => match read {
+                Ok(Some(n)) => session.handle_bytes(clock.read(), &buf[..n]).map_err(|e| e.to_string())?,
+                Ok(None) => return Ok(None),
+                Err(error) => return Err(error.to_string()),
+            },
+            () = changed.notified(), if session.is_established() => {
+                if let Some(body) = engine.sync_generate(HUB_PEER.into()).await.map_err(|e| e.to_string())? {
+                    let _ = session.send(Message::Sync(body));
+                }
+            }
+            () = tokio::time::sleep(wait) => session.handle_timeout(clock.read()).map_err(|e| e.to_string())?,
+            () = wait_stopped(stopped) => {
+                session.close("the node is stopping");
+                while let Some(Output::Send(bytes)) = session.poll_output() {
+                    let _ = send.write_all(&bytes).await;
+                }
+                let _ = send.finish();
+                return Ok(None);
+            }
+        }
+    }
+}
