@@ -40,3 +40,8 @@ fn sync_frame_corpus_and_regressions_replay_without_panicking() {
 fn sync_session_corpus_and_regressions_replay_without_panicking() {
     replay("sync_session", fuzz_drive::drive_session);
 }
+
+#[test]
+fn enroll_wire_corpus_and_regressions_replay_without_panicking() {
+    replay("enroll_wire", fuzz_drive::drive_enroll);
+}

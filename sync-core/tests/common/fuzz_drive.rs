@@ -141,3 +141,22 @@ fn receive(
         let _ = state.generate(document);
     }
 }
+
+/// `enroll_wire`: the enrollment and renewal frames a hub reads from devices that hold no
+/// certificate yet (and the answers a device reads), and enrollment URLs: the first four
+/// bytes as a frame header, the rest as each payload type, the whole input as a URL.
+pub fn drive_enroll(data: &[u8]) {
+    use cartwise_sync_core::identity::{
+        EnrollRequest, EnrollResponse, EnrollUrl, RenewRequest, decode_enroll_payload,
+        enroll_frame_len,
+    };
+    if let Some((header, payload)) = data.split_first_chunk::<4>() {
+        let _ = enroll_frame_len(*header);
+        let _ = decode_enroll_payload::<EnrollRequest>(payload);
+        let _ = decode_enroll_payload::<RenewRequest>(payload);
+        let _ = decode_enroll_payload::<EnrollResponse>(payload);
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = text.parse::<EnrollUrl>();
+    }
+}
