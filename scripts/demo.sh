@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo system, in the foreground until Ctrl-C: migrates and seeds the project-local
 # Postgres with the fixture world, runs the hub, and for every fixture device a simulated bus of
-# KR-CU16 boards (carts taken a moment after each unlock) and a `cartwise-edge` with its kiosk.
+# KR-CU16 boards (carts taken a moment after each unlock) and a `cartwise-edge` with its kiosk,
+# enrolled with the hub so its rentals sync into Postgres.
 # Ctrl-C (or any process dying) stops every process it started, the Postgres cluster included
 # when the demo started it.
 # Called by `./install.sh demo` after the set-up; expects DATABASE_URL and release binaries.
@@ -43,9 +44,13 @@ wait_port() { # wait_port PORT PID LOG
 
 hub_port=$(free_port "${CARTWISE_DEMO_HUB_PORT:-8080}")
 "$bin/cartwise-hub" serve --database-url "$DATABASE_URL" --http "127.0.0.1:$hub_port" \
-  >"$demo/hub.log" 2>&1 &
+  --quic "127.0.0.1:0" >"$demo/hub.log" 2>&1 &
 pids+=($!)
 wait_port "$hub_port" "${pids[0]}" "$demo/hub.log"
+# The QUIC endpoint took a free UDP port; the hub printed it.
+quic_addr=$(awk '/hub quic listening on/ {print $5; exit}' "$demo/hub.log")
+quic_port=${quic_addr##*:}
+[ -n "$quic_port" ] || { cat "$demo/hub.log"; echo "the hub did not report its QUIC address"; exit 1; }
 
 next_port=$((hub_port + 1))
 edges_json=""
@@ -60,6 +65,11 @@ while IFS=$'\t' read -r device_id branch_id branch_code name boards first_post; 
     --control "127.0.0.1:$control_port" --auto-take-ms 1500 >"$dir/sim-board.log" 2>&1 &
   pids+=($!)
   wait_port "$bus_port" "${pids[-1]}" "$dir/sim-board.log"
+  # Enroll the simulated Pi with the hub (a fresh one-time code each demo run).
+  url=$("$bin/cartwise-hub" device code "$device_id" --hub-addr "127.0.0.1:$quic_port" \
+    --database-url "$DATABASE_URL" | awk '$1 == "url" {print $2}')
+  "$bin/cartwise-edge" enroll --url "$url" --data "$dir/data" --force >"$dir/enroll.log" 2>&1 \
+    || { cat "$dir/enroll.log"; echo "enrolling $name failed"; exit 1; }
   cat >"$dir/edge.toml" <<TOML
 data_dir = "$dir/data"
 [device]
@@ -85,7 +95,7 @@ TOML
 done < <("$bin/cartwise-hub" seed fixtures/data/world.toml --list-devices)
 
 cat >"$demo/endpoints.json" <<JSON
-{"hub": {"api": "http://127.0.0.1:$hub_port/api", "health": "http://127.0.0.1:$hub_port/health"},
+{"hub": {"api": "http://127.0.0.1:$hub_port/api", "health": "http://127.0.0.1:$hub_port/health", "quic": "127.0.0.1:$quic_port"},
  "database_url": "$DATABASE_URL",
  "edges": [$edges_json]}
 JSON
@@ -93,7 +103,7 @@ JSON
 cat <<TXT
 
 CartWise demo is running.
-  hub health:    http://127.0.0.1:$hub_port/health
+  hub health:    http://127.0.0.1:$hub_port/health   (QUIC sync on 127.0.0.1:$quic_port)
   database:      $DATABASE_URL
   kiosks (each Pi, with its simulated lock boards; SMS codes go to var/demo/<pi>/sms-outbox.jsonl):
 $kiosks  endpoints:     $demo/endpoints.json
