@@ -137,19 +137,6 @@ pub fn post(conn: &Connection, post: PostNo) -> Result<Option<PostRow>, StoreErr
     Ok(stmt.query_row([post.get()], post_from_row).optional()?)
 }
 
-/// The post at a board's lock.
-pub fn post_at(
-    conn: &Connection,
-    board: BoardAddr,
-    lock: LockNo,
-) -> Result<Option<PostRow>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached(&format!("{POST_SELECT} WHERE p.board = ?1 AND p.lock = ?2"))?;
-    Ok(stmt
-        .query_row(params![board.get(), lock.get()], post_from_row)
-        .optional()?)
-}
-
 /// Creates the posts of the configured layout that do not exist yet; never deletes any.
 pub fn ensure_posts(
     conn: &Connection,

@@ -283,14 +283,6 @@ impl LiveDoc {
         }
     }
 
-    /// Rental ids in the document.
-    pub fn rental_ids(&self) -> Vec<String> {
-        match self.doc.get(ROOT, keys::RENTALS) {
-            Ok(Some((Value::Object(ObjType::Map), obj))) => self.doc.keys(&obj).collect(),
-            _ => Vec::new(),
-        }
-    }
-
     /// Whether the document mirrors `post`.
     pub fn has_post(&self, post: PostNo) -> bool {
         match self.doc.get(ROOT, keys::POSTS) {
