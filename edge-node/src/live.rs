@@ -26,7 +26,7 @@ use crate::timekeeping::Timeline;
 use crate::timekeeping::to_sql_mono;
 
 /// Appended change chunks kept before they are compacted into one snapshot.
-pub const DOC_CHANGES_MAX: i64 = 256;
+pub const DOC_CHANGES_MAX: i64 = 64;
 
 /// The device's live document and its name in the store.
 pub struct LiveDoc {

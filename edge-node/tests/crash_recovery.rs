@@ -516,12 +516,13 @@ async fn sigkill_during_lends_and_returns_loses_nothing() {
             let Some((rental, post)) = shopper.docked.take() else {
                 continue;
             };
-            if let Some(r) = settled.rentals.iter().find(|r| r.id == rental)
-                && !(r.status.starts_with("returned") && r.return_post == Some(post))
-            {
+            let now = settled.rentals.iter().find(|r| r.id == rental);
+            let closed_there =
+                |r: &RentalRec| r.status.starts_with("returned") && r.return_post == Some(post);
+            if !now.is_some_and(closed_there) {
                 found.push(format!(
                     "{} docked {rental} at its named post {post}, but after the restart it is \
-                     {r:?}",
+                     {now:?}",
                     shopper.phone
                 ));
             }
