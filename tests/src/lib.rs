@@ -1,1 +1,198 @@
-//! CartWise cross-crate and fault tests live in `tests/tests/`; this library holds their helpers.
+//! CartWise cross-crate and fault tests live in `tests/tests/`; this library holds the setup
+//! they share: the seeded world, a hub QUIC endpoint with the real sync server, enrolling a Pi,
+//! and a station (simulated boards + an edge daemon) on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cartwise_cloud_hub::clock::HubClock;
+use cartwise_cloud_hub::quic::{self, QuicConfig, QuicHandle};
+use cartwise_cloud_hub::sync_server::SyncServer;
+use cartwise_cloud_hub::{enroll, seed, world::World};
+use cartwise_edge_node::config::EdgeConfig;
+use cartwise_edge_node::daemon::{self, RunningEdge};
+use cartwise_edge_node::identity::{self, EdgeIdentity};
+use cartwise_edge_node::sim_board::{self, Listen, SimHandle, SimOptions};
+use cartwise_fixtures::clock::ManualClock;
+use cartwise_schema::{BranchId, DeviceId};
+use cartwise_sync_core::HubActors;
+use cartwise_sync_core::identity::parse_sha256_fingerprint;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+
+/// Upper bound on any wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Polls `check` until it holds; fails the test after `WAIT`.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Seeds the sample world.
+pub async fn seed_world(pool: &PgPool) {
+    let text = std::fs::read_to_string(cartwise_fixtures::world_path()).unwrap();
+    seed::seed(pool, &World::parse(&text).unwrap())
+        .await
+        .unwrap();
+}
+
+/// A hub QUIC endpoint on loopback serving the real sync server; stops when dropped.
+pub struct Hub {
+    pub handle: QuicHandle,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Starts the hub's QUIC endpoint with the real sync server.
+pub async fn start_hub(pool: &PgPool) -> Hub {
+    let server = Arc::new(SyncServer {
+        pool: pool.clone(),
+        clock: Arc::new(HubClock::new()),
+        hub_actors: HubActors::new([]),
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = QuicConfig {
+        listen: loopback(),
+        ..QuicConfig::default()
+    };
+    let handle = quic::spawn(config, pool.clone(), server.handler(), async move {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    Hub {
+        handle,
+        _stop: stop,
+    }
+}
+
+/// Creates a device in `branch_code` and enrolls it over QUIC into `dir`.
+pub async fn enroll_device(
+    pool: &PgPool,
+    hub: &Hub,
+    branch_code: &str,
+    name: &str,
+    dir: &Path,
+) -> EdgeIdentity {
+    let new = enroll::add_device(pool, branch_code, name, enroll::CODE_TTL_DEFAULT)
+        .await
+        .unwrap();
+    let ca = parse_sha256_fingerprint(&hub.handle.platform_ca_sha256).unwrap();
+    let endpoint = identity::client_endpoint().unwrap();
+    identity::enroll_exchange(
+        &endpoint,
+        &hub.handle.local_addr.to_string(),
+        &new.code.grouped(),
+        ca,
+        dir,
+    )
+    .await
+    .unwrap()
+}
+
+/// Simulated boards and an edge daemon on them, with a manual clock.
+pub struct Station {
+    pub sim: SimHandle,
+    pub edge: Option<RunningEdge>,
+    pub clock: Arc<ManualClock>,
+    edge_stop: Option<oneshot::Sender<()>>,
+    _sim_stop: oneshot::Sender<()>,
+}
+
+impl Station {
+    /// Starts `boards` simulated boards (carts taken 50 ms after each unlock) and the edge of
+    /// `device` in `branch` with its data in `dir`; waits for its first board reads.
+    pub async fn start(
+        dir: &Path,
+        device: DeviceId,
+        branch: BranchId,
+        boards: u8,
+        wall_ms: i64,
+    ) -> Station {
+        let (sim_stop, sim_stopped) = oneshot::channel::<()>();
+        let options = SimOptions {
+            boards,
+            listen: Listen::Tcp(loopback()),
+            auto_take: Some(Duration::from_millis(50)),
+            ..SimOptions::default()
+        };
+        let sim = sim_board::spawn(options, async move {
+            let _ = sim_stopped.await;
+        })
+        .await
+        .unwrap();
+        let mut config = EdgeConfig {
+            data_dir: dir.to_path_buf(),
+            ..EdgeConfig::default()
+        };
+        config.device.id = device;
+        config.device.branch_id = branch;
+        config.http.listen = loopback();
+        config.bus.uri = sim.bus_uri().to_string();
+        config.bus.boards = (0..boards).collect();
+        config.bus.poll_interval_ms = 100;
+        let clock = Arc::new(ManualClock::new(wall_ms));
+        let (edge_stop, edge_stopped) = oneshot::channel::<()>();
+        let edge = daemon::spawn(config, clock.clone(), async move {
+            let _ = edge_stopped.await;
+        })
+        .await
+        .unwrap();
+        let engine = edge.engine.clone();
+        eventually("the lock bus", || async { engine.bus_connected() }).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Station {
+            sim,
+            edge: Some(edge),
+            clock,
+            edge_stop: Some(edge_stop),
+            _sim_stop: sim_stop,
+        }
+    }
+
+    /// The edge's engine.
+    pub fn engine(&self) -> Arc<cartwise_edge_node::engine::Engine> {
+        self.edge.as_ref().map(|e| e.engine.clone()).unwrap()
+    }
+
+    /// Waits until the cart at `post` has left it.
+    pub async fn wait_taken(&self, post: cartwise_schema::PostNo) {
+        let engine = self.engine();
+        eventually("the cart to leave", || {
+            let engine = engine.clone();
+            async move {
+                engine
+                    .posts()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|p| p.post == post && p.present == Some(false))
+            }
+        })
+        .await;
+    }
+
+    /// Stops the edge cleanly.
+    pub async fn stop(mut self) {
+        if let (Some(stop), Some(edge)) = (self.edge_stop.take(), self.edge.take()) {
+            let _ = stop.send(());
+            edge.wait().await;
+        }
+    }
+}

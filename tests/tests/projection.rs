@@ -3,33 +3,18 @@
 //! changes nothing (idempotent), while a document that names another branch is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
 use automerge::AutoCommit;
 use cartwise_cloud_hub::project::{ProjectError, project_device};
-use cartwise_cloud_hub::{seed, world::World};
-use cartwise_edge_node::config::EdgeConfig;
 use cartwise_edge_node::cu16::Lock;
-use cartwise_edge_node::daemon;
-use cartwise_edge_node::sim_board::{self, Listen, SimOptions};
-use cartwise_fixtures::clock::ManualClock;
+use cartwise_edge_node::engine::ReturnState;
 use cartwise_schema::{BranchId, DeviceId, Phone};
 use cartwise_sync_core::facts::read_device_doc;
+use cartwise_tests::{Station, eventually, seed_world};
 use sqlx::PgPool;
 
 const DEVICE: &str = "0b1e3c2a-0000-4000-8000-000000001001"; // st-ra-pi-1, boards 0 and 1
 const BRANCH: &str = "0b1e3c2a-0000-4000-8000-000000000101"; // ST-RA
 const T0: i64 = 1_795_248_000_000;
-
-async fn wait_until<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn rows(pool: &PgPool) -> Vec<(uuid::Uuid, String, Option<i32>, String)> {
     sqlx::query_as(
@@ -42,65 +27,21 @@ async fn rows(pool: &PgPool) -> Vec<(uuid::Uuid, String, Option<i32>, String)> {
 
 #[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
 async fn an_edge_document_projects_once_and_idempotently(pool: PgPool) {
-    let text = std::fs::read_to_string(cartwise_fixtures::world_path()).unwrap();
-    seed::seed(&pool, &World::parse(&text).unwrap())
-        .await
-        .unwrap();
-
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let sim = sim_board::spawn(
-        SimOptions {
-            boards: 2,
-            listen: Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))),
-            auto_take: Some(Duration::from_millis(50)),
-            ..SimOptions::default()
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    )
-    .await
-    .unwrap();
+    seed_world(&pool).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = EdgeConfig {
-        data_dir: dir.path().to_path_buf(),
-        ..EdgeConfig::default()
-    };
-    config.device.id = DeviceId::parse(DEVICE).unwrap();
-    config.device.branch_id = BranchId::parse(BRANCH).unwrap();
-    config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.bus.uri = sim.bus_uri().to_string();
-    config.bus.boards = vec![0, 1];
-    config.bus.poll_interval_ms = 100;
-    let clock = Arc::new(ManualClock::new(T0));
-    let (edge_stop, edge_stopped) = tokio::sync::oneshot::channel::<()>();
-    let edge = daemon::spawn(config, clock.clone(), async move {
-        let _ = edge_stopped.await;
-    })
-    .await
-    .unwrap();
-    let engine = edge.engine.clone();
-    wait_until(|| async { engine.bus_connected() }).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let device = DeviceId::parse(DEVICE).unwrap();
+    let branch = BranchId::parse(BRANCH).unwrap();
+    let station = Station::start(dir.path(), device, branch, 2, T0).await;
+    let engine = station.engine();
+    let (sim, clock) = (&station.sim, &station.clock);
 
     // Two rentals; one comes back 25 minutes later.
     let a = Phone::parse("0521234567").unwrap();
     let b = Phone::parse("0547654321").unwrap();
     let lent_a = engine.lend(&a).await.unwrap();
     let lent_b = engine.lend(&b).await.unwrap();
-    let taken = |post: u16| {
-        let engine = engine.clone();
-        async move {
-            engine
-                .posts()
-                .await
-                .unwrap()
-                .iter()
-                .any(|p| p.post.get() == post && p.present == Some(false))
-        }
-    };
-    wait_until(|| taken(lent_a.post.post.get())).await;
-    wait_until(|| taken(lent_b.post.post.get())).await;
+    station.wait_taken(lent_a.post.post).await;
+    station.wait_taken(lent_b.post.post).await;
     clock.advance_ms(25 * 60_000);
     let slot = engine.initiate_return(&a).await.unwrap();
     let (board, lock) = (lent_a.post.board.get(), lent_a.post.lock.get());
@@ -111,24 +52,21 @@ async fn an_edge_document_projects_once_and_idempotently(pool: PgPool) {
     sim.sim()
         .with_bus(|bus, now| bus.dock(now, board, Lock::new(lock).unwrap()))
         .unwrap();
-    let returned = || {
+    eventually("the return", || {
         let engine = engine.clone();
         let a = a.clone();
         async move {
             matches!(
                 engine.return_state(&a).await,
-                Ok(cartwise_edge_node::engine::ReturnState::Returned { .. })
+                Ok(ReturnState::Returned { .. })
             )
         }
-    };
-    wait_until(returned).await;
+    })
+    .await;
 
     let bytes = engine.document().await.unwrap();
     let doc = AutoCommit::load(&bytes).unwrap();
     let facts = read_device_doc(&doc);
-    let device = DeviceId::parse(DEVICE).unwrap();
-    let branch = BranchId::parse(BRANCH).unwrap();
-
     let first = project_device(&pool, device, branch, &facts).await.unwrap();
     assert_eq!(first.rentals_changed, 2);
     assert_eq!(first.closed_held, vec![lent_a.rental.id]);
@@ -165,7 +103,5 @@ async fn an_edge_document_projects_once_and_idempotently(pool: PgPool) {
     let refused = project_device(&pool, device, other, &facts).await;
     assert!(matches!(refused, Err(ProjectError::Authority { .. })));
 
-    let _ = edge_stop.send(());
-    edge.wait().await;
-    let _ = stop.send(());
+    station.stop().await;
 }
