@@ -74,7 +74,7 @@ pub async fn load_state(
         .unwrap_or_else(|| PeerDocState::new(doc)))
 }
 
-/// Stores the hub's sync progress (after the document row exists).
+/// Stores the hub's sync progress.
 pub async fn save_state(
     pool: &PgPool,
     state: &PeerDocState,

@@ -279,24 +279,6 @@ impl SyncServer {
                 .await;
             }
             acked = projected.closed_held;
-        } else if sqlx::query_scalar::<_, i32>("SELECT 1 FROM sync_documents WHERE doc_id = $1")
-            .bind(doc_id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| failed(e.to_string()))?
-            .is_none()
-        {
-            let snapshot = doc.save();
-            docs_store::save(
-                &self.pool,
-                &doc_id,
-                peer.branch,
-                Some(peer.device),
-                &snapshot,
-                &[],
-            )
-            .await
-            .map_err(|e| failed(e.to_string()))?;
         }
         docs_store::save_state(&self.pool, &state, peer.device)
             .await

@@ -465,9 +465,16 @@ pub fn append_event(
 }
 
 /// The largest HLC the node ever issued, to resume its clock after a restart.
+/// Events are appended in the order their stamps were issued, so the last one carries the
+/// largest (read by primary key, not by scanning the log).
 pub fn last_hlc(conn: &Connection) -> Result<Option<Hlc>, StoreError> {
-    let text: Option<String> =
-        conn.query_row("SELECT max(hlc) FROM events", [], |row| row.get(0))?;
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT hlc FROM events ORDER BY seq DESC LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
     Ok(text.and_then(|t| t.parse().ok()))
 }
 

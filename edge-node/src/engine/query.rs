@@ -224,6 +224,25 @@ impl Engine {
             .await
     }
 
+    /// What `/health` shows, cheaply (kiosks poll it): posts, available posts, active rentals.
+    pub async fn health_counts(&self) -> Result<(usize, usize, usize), StoreError> {
+        self.store
+            .read(|conn, _| {
+                let posts = ledger::posts(conn)?;
+                let available = posts
+                    .iter()
+                    .filter(|p| p.status() == PostStatus::Available)
+                    .count();
+                let active: i64 = conn.query_row(
+                    "SELECT count(*) FROM rentals WHERE status = 'active'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                Ok((posts.len(), available, usize::try_from(active).unwrap_or(0)))
+            })
+            .await
+    }
+
     /// The best known true time now.
     pub async fn corrected_now(&self) -> Result<WallMillis, StoreError> {
         let reading = self.clock.read();

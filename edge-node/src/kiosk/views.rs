@@ -211,10 +211,10 @@ pub async fn stats_summary(
 pub async fn health(State(kiosk): State<Arc<Kiosk>>) -> (StatusCode, Json<Value>) {
     let engine = &kiosk.engine;
     let rs485 = engine.bus_connected();
-    let stats = engine.stats().await;
+    let counts = engine.health_counts().await;
     let now = engine.corrected_now().await.ok();
-    let database_ok = stats.is_ok();
-    let stats = stats.unwrap_or_default();
+    let database_ok = counts.is_ok();
+    let (total_carts, available_carts, active_rentals) = counts.unwrap_or_default();
     let status = if database_ok && rs485 {
         "healthy"
     } else {
@@ -233,9 +233,9 @@ pub async fn health(State(kiosk): State<Arc<Kiosk>>) -> (StatusCode, Json<Value>
             "rs485_connected": rs485,
             "sms_configured": kiosk.sms.is_some(),
             "sms_available": kiosk.sms.is_some() && !kiosk.sms_down(),
-            "active_carts": stats.active_rentals,
-            "available_carts": stats.available_carts,
-            "total_carts": stats.total_carts,
+            "active_carts": active_rentals,
+            "available_carts": available_carts,
+            "total_carts": total_carts,
             "database": if database_ok { "ok" } else { "failing" },
             "hub_connected": kiosk.hub.connected(),
             "mode": if kiosk.hub.connected() { "online" } else { "offline" },

@@ -13,8 +13,9 @@ CREATE TABLE sync_documents (
 CREATE INDEX sync_documents_branch_idx ON sync_documents (branch_id);
 
 -- The hub's per-peer Automerge sync state (`sync::State::encode()`), so a reconnect resumes.
+-- A state may exist before the hub stores the document (the peer has sent nothing yet).
 CREATE TABLE sync_peer_states (
-    doc_id     text NOT NULL REFERENCES sync_documents (doc_id) ON DELETE CASCADE,
+    doc_id     text NOT NULL,
     peer_id    uuid NOT NULL,
     state      bytea NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(),
