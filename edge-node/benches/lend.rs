@@ -8,14 +8,16 @@
 //! - The engine (`Engine::open`, WAL + `synchronous = FULL`) and the board simulator (10 boards
 //!   over TCP on 127.0.0.1:0, auto-take) run in this process, wired as `daemon.rs` wires them:
 //!   the daemon's bus settings, a poller feeding `Engine::on_poll_event`. The only difference
-//!   is the bus transport: the TCP transport wrapped in a tap that notes the instants the
-//!   lend's first 0x30 (status read) and its 0x31 (unlock) frames have been written to the
-//!   socket (the poller only sends the bus-wide 0x32).
+//!   is the bus transport: the TCP transport wrapped in a tap that notes the instants a lend's
+//!   frames have been written to the socket: a one-board status read (0x30) before the unlock,
+//!   if the driver makes one; the unlock (0x31); and any poller read (bus-wide 0x32) written
+//!   between the request and the unlock.
 //! - "lend → unlock written" runs from calling `Engine::lend` to that instant: picking the
-//!   post, recording the rental durably (fsync), the status read the driver makes before an
-//!   unlock, and the unlock frame itself. "Request → status read written" is the part before
-//!   the bus (post chosen, rental durable, any wait for the poller's bus read). "Round trip" is the whole `lend` call, which also
-//!   waits for the hook to read open (the driver's settle wait, ≥ 200 ms of hardware pulse).
+//!   post, recording the rental durably (fsync), the status read before the unlock when the
+//!   engine's sensed state is not fresh, any wait for a poller read already on the wire, and
+//!   the unlock frame itself. "Request → status read written" is the part before the bus for
+//!   the lends that read first. "Round trip" is the whole `lend` call, which also waits for the
+//!   hook to read open (the driver's settle wait, ≥ 200 ms of hardware pulse).
 //! - Raw insert: one row per transaction in a WAL database with `synchronous = FULL`, in the
 //!   same directory, interleaved with the lends so both see the same disk and background load.
 //! - Shoppers return carts as they go (the kiosk's initiate-return, then a dock in the
@@ -36,7 +38,7 @@ use anyhow::{Context, bail};
 use cartwise_edge_node::clock::SystemClock;
 use cartwise_edge_node::config::EdgeConfig;
 use cartwise_edge_node::cu16::transport::TcpTransport;
-use cartwise_edge_node::cu16::{Baud, Bus, Lock, PollerConfig, RequestFrame, Transport};
+use cartwise_edge_node::cu16::{Baud, Bus, Lock, Pacing, PollerConfig, RequestFrame, Transport};
 use cartwise_edge_node::engine::Engine;
 use cartwise_edge_node::sim_board::{self, BoundBus, SimHandle, SimOptions};
 use cartwise_schema::{Phone, PostNo};
@@ -65,6 +67,7 @@ const READY_WAIT_MAX: Duration = Duration::from_secs(20);
 const STX: u8 = 0x02;
 const STATUS_COMMAND: u8 = 0x30;
 const UNLOCK_COMMAND: u8 = 0x31;
+const STATUS_ALL_COMMAND: u8 = 0x32;
 /// Targets from the issue.
 const LEND_P99_OVER_RAW_MAX: f64 = 2.0;
 const RSS_MB_MAX: f64 = 30.0;
@@ -124,12 +127,14 @@ fn main() -> anyhow::Result<()> {
 
 // --- the tap ---------------------------------------------------------------------------------
 
-/// When a lend's frames were written: its first one-board status read (0x30; the poller only
-/// sends the bus-wide 0x32) and its unlock (0x31).
+/// When a lend's frames were written: a one-board status read (0x30; the poller only sends the
+/// bus-wide 0x32) before its unlock, the unlock (0x31), and the poller reads written between
+/// the request and the unlock.
 #[derive(Debug, Default, Clone, Copy)]
 struct Tapped {
     status_read: Option<Instant>,
     unlock: Option<Instant>,
+    polls_before_unlock: usize,
 }
 
 /// The TCP transport, noting when a lend's frames have been written to the socket.
@@ -143,9 +148,13 @@ impl Transport for TappedTransport {
         self.inner.send(frame).await?;
         let written = Instant::now();
         if let Ok(mut tapped) = self.tapped.lock() {
+            let before_unlock = tapped.unlock.is_none();
             match frame.as_bytes() {
-                [STX, _, STATUS_COMMAND, ..] => {
+                [STX, _, STATUS_COMMAND, ..] if before_unlock => {
                     tapped.status_read.get_or_insert(written);
+                }
+                [STX, _, STATUS_ALL_COMMAND, ..] if before_unlock => {
+                    tapped.polls_before_unlock += 1;
                 }
                 [STX, _, UNLOCK_COMMAND, ..] => tapped.unlock = Some(written),
                 _ => {}
@@ -173,13 +182,20 @@ impl Transport for TappedTransport {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+
+    fn pacing(&self) -> Pacing {
+        self.inner.pacing()
+    }
 }
 
 // --- in-process lends ------------------------------------------------------------------------
 
 struct LendSamples {
     to_unlock: Vec<Duration>,
+    /// Only the lends whose unlock read the board first.
     to_status_read: Vec<Duration>,
+    /// Lends whose unlock frame followed a poller read written after the request.
+    behind_poll: usize,
     roundtrip: Vec<Duration>,
     raw_insert: Vec<Duration>,
     returns: usize,
@@ -274,6 +290,7 @@ async fn lend_phase(dir: &Path, lends: usize) -> anyhow::Result<LendSamples> {
     let mut samples = LendSamples {
         to_unlock: Vec::with_capacity(lends),
         to_status_read: Vec::with_capacity(lends),
+        behind_poll: 0,
         roundtrip: Vec::with_capacity(lends),
         raw_insert: Vec::with_capacity(lends * RAW_INSERTS_PER_LEND),
         returns: 0,
@@ -292,12 +309,17 @@ async fn lend_phase(dir: &Path, lends: usize) -> anyhow::Result<LendSamples> {
             .with_context(|| format!("lend {n}"))?;
         samples.roundtrip.push(start.elapsed());
         let seen = tapped.lock().map(|slot| *slot).unwrap_or_default();
-        let (Some(status_read), Some(unlock)) = (seen.status_read, seen.unlock) else {
-            bail!("lend {n} returned but its status read or unlock frame was not seen");
+        let Some(unlock) = seen.unlock else {
+            bail!("lend {n} returned but its unlock frame was not seen");
         };
-        samples
-            .to_status_read
-            .push(status_read.duration_since(start));
+        if let Some(status_read) = seen.status_read {
+            samples
+                .to_status_read
+                .push(status_read.duration_since(start));
+        }
+        if seen.polls_before_unlock > 0 {
+            samples.behind_poll += 1;
+        }
         samples.to_unlock.push(unlock.duration_since(start));
         open.push_back(phone);
         for _ in 0..RAW_INSERTS_PER_LEND {

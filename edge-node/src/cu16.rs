@@ -19,11 +19,11 @@ use std::time::Duration;
 
 pub use codec::{Decoder, Frame, Reply, Request, RequestFrame};
 #[cfg(feature = "node")]
-pub use driver::{Bus, BusConfig, BusError, UnlockOutcome};
+pub use driver::{Bus, BusConfig, BusError, PreRead, Sensed, UnlockOutcome};
 #[cfg(feature = "node")]
 pub use poller::{PollEvent, PollerConfig, PollerHandle, spawn_poller};
 #[cfg(feature = "node")]
-pub use transport::{BusUri, Transport};
+pub use transport::{BusUri, Pacing, Transport};
 
 /// Highest board address a bus may carry (DIP switch 0–9, at most 10 boards).
 pub const BOARD_ADDRESS_MAX: u8 = 9;

@@ -29,6 +29,8 @@ pub(super) struct Report {
     lend_p99: f64,
     status_read_p50: f64,
     status_read_p99: f64,
+    pre_reads: usize,
+    behind_poll: usize,
     roundtrip_p50: f64,
     roundtrip_p99: f64,
     raw_p50: f64,
@@ -60,6 +62,8 @@ impl Report {
             lend_p99: percentile_ms(&lend.to_unlock, 99.0),
             status_read_p50: percentile_ms(&lend.to_status_read, 50.0),
             status_read_p99: percentile_ms(&lend.to_status_read, 99.0),
+            pre_reads: lend.to_status_read.len(),
+            behind_poll: lend.behind_poll,
             roundtrip_p50: percentile_ms(&lend.roundtrip, 50.0),
             roundtrip_p99: percentile_ms(&lend.roundtrip, 99.0),
             raw_p50: percentile_ms(&lend.raw_insert, 50.0),
@@ -92,11 +96,13 @@ impl Report {
             self.lend_p50,
             self.lend_p99,
         );
-        row(
-            "  of which: request → status read written",
-            self.status_read_p50,
-            self.status_read_p99,
-        );
+        if self.pre_reads > 0 {
+            row(
+                "  of which: request → status read written",
+                self.status_read_p50,
+                self.status_read_p99,
+            );
+        }
         row(
             "lend: round trip (incl. hook settle wait)",
             self.roundtrip_p50,
@@ -107,10 +113,18 @@ impl Report {
             self.raw_p50,
             self.raw_p99,
         );
+        let config = BusConfig::default();
         println!(
-            "  (status read written → unlock written is the driver's pre-unlock read and its \
-             {} ms inter-frame gap)",
-            BusConfig::default().frame_gap.as_millis()
+            "  {} of {} lends read the board before the unlock (the engine's sensed state was \
+             not fresh); status read written → unlock written is that read (TCP: no gap after \
+             an answered frame; serial keeps {} ms)",
+            self.pre_reads,
+            self.lends,
+            config.frame_gap.as_millis()
+        );
+        println!(
+            "  {} of {} lends had a poller read written between the request and the unlock",
+            self.behind_poll, self.lends
         );
         println!("\n{:<44} {:>8.1}MB", "edge RSS (steady state)", self.rss_mb);
         println!("  measured on: {}", self.rss_source);
@@ -144,6 +158,8 @@ impl Report {
                 result("edge_lend_p99_ms", self.lend_p99, "ms",
                     json!({ "metric": "raw_sqlite_insert_p99_ms", "value": self.raw_p99 })),
                 result("edge_lend_p50_ms", self.lend_p50, "ms", Value::Null),
+                result("edge_lend_pre_reads", self.pre_reads as f64, "lends", Value::Null),
+                result("edge_lend_behind_poll", self.behind_poll as f64, "lends", Value::Null),
                 result("edge_lend_roundtrip_p99_ms", self.roundtrip_p99, "ms", Value::Null),
                 result("edge_rss_mb", self.rss_mb, "MB", Value::Null),
             ],

@@ -3,6 +3,10 @@
 //! A return is a hook latching while a cart is present (`PollEvent::Latched { cart_present:
 //! true }`). The first reading of each board is sent as `PollEvent::Baseline`, so the daemon
 //! can reconcile what it recorded with what the posts really hold after a restart.
+//!
+//! Starting a poller tells the bus its interval, so a reading can be judged fresh by how many
+//! intervals old it is (`Bus::sensed`, `Bus::poll_interval`). Its reads go in the bus's
+//! ordinary lane: an unlock never waits behind a queued poll, only behind one on the wire.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -80,6 +84,7 @@ pub struct PollerHandle {
 /// Starts polling `bus`; it stops when the event receiver is dropped.
 pub fn spawn_poller(bus: Bus, config: PollerConfig) -> PollerHandle {
     let (sender, events) = mpsc::channel(config.event_queue_max.max(1));
+    bus.note_poll_interval(config.interval);
     let task = tokio::spawn(run(bus, config.interval, sender));
     PollerHandle { events, task }
 }

@@ -111,6 +111,20 @@ impl fmt::Display for BusUri {
     }
 }
 
+/// How frames must be paced on a transport (see `BusConfig::frame_gap` and
+/// `BusConfig::bridge_frame_gap`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pacing {
+    /// The host drives the RS485 line itself (a USB adapter, a PTY): it must leave idle time
+    /// after every frame for the boards' turnaround and framing.
+    Serial,
+    /// A serial-server bridge (KR-BU, ZNE-100TL) drives the line and does its own turnaround.
+    /// It forwards a board's reply only once the line has fallen quiet, so after an answered
+    /// frame nothing more is needed; a frame nobody answers (an unlock) needs the time the
+    /// bridge takes to put it on the line before the next one arrives.
+    Bridge,
+}
+
 /// A byte pipe to the RS485 line. One driver task owns it; nothing else touches it.
 pub trait Transport: Send + 'static {
     /// Writes one whole request.
@@ -130,6 +144,9 @@ pub trait Transport: Send + 'static {
 
     /// For messages: "serial /dev/ttyUSB0 at 19200 baud", "tcp 10.0.0.5:5000".
     fn describe(&self) -> String;
+
+    /// How the driver paces frames on this transport.
+    fn pacing(&self) -> Pacing;
 }
 
 /// A serial port: a USB RS485 adapter or the device end of a simulator PTY.
@@ -204,6 +221,10 @@ impl Transport for SerialTransport {
     fn describe(&self) -> String {
         format!("serial {} at {}", self.path.display(), self.baud)
     }
+
+    fn pacing(&self) -> Pacing {
+        Pacing::Serial
+    }
 }
 
 /// A TCP connection to a serial-server bridge (KR-BU, ZNE-100TL) or a simulator.
@@ -264,6 +285,10 @@ impl Transport for TcpTransport {
 
     fn describe(&self) -> String {
         format!("tcp {}", self.peer)
+    }
+
+    fn pacing(&self) -> Pacing {
+        Pacing::Bridge
     }
 }
 

@@ -2,17 +2,28 @@
 //!
 //! Every wait here has a deadline (`reply_timeout`, `quiet_gap`, `bus_collect_max`), so a
 //! silent or babbling bus costs time but never hangs a caller.
+//!
+//! Between requests it takes the next one from the urgent lane if any waits there, else from
+//! the ordinary lane: an unlock never waits behind the poller's queued reads, only behind the
+//! one request already on the wire. An unlock with its read first is one turn, so nothing
+//! gets between the read and the pulse.
+//!
+//! Frame pacing follows the transport (`Pacing`): on a line the host drives (serial, PTY) every
+//! frame is followed by `frame_gap` of idle; through a TCP bridge only a frame nobody answers
+//! (an unlock) is followed by `bridge_frame_gap`, because a reply that reached us over TCP
+//! means the bridge already saw the line fall quiet.
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{BusError, Exchange, Shared};
+use super::{BusConfig, BusError, Done, Exchange, Shared, Work, board_status};
 use crate::cu16::codec::{Decoder, Reply, Request};
-use crate::cu16::transport::Transport;
-use crate::cu16::{Baud, BoardAddress, PulseTime, Target};
+use crate::cu16::transport::{Pacing, Transport};
+use crate::cu16::{Baud, BoardAddress, Lock, PulseTime, Target};
 
 /// Bytes read from the transport at a time.
 const READ_CHUNK: usize = 256;
@@ -38,16 +49,44 @@ impl<T: Transport> Actor<T> {
         }
     }
 
-    /// Serves requests until every `Bus` handle is dropped.
-    pub(super) async fn run(mut self, mut inbox: mpsc::Receiver<Exchange>) {
-        while let Some(Exchange { request, reply }) = inbox.recv().await {
-            let result = self.exchange(request).await;
+    /// Serves requests, urgent ones first, until every `Bus` handle is dropped.
+    pub(super) async fn run(mut self, mut lanes: Lanes) {
+        while let Some(Exchange { work, reply }) = lanes.next().await {
+            let result = match work {
+                Work::Request(request) => self.exchange(request).await.map(Done::Replies),
+                Work::Unlock {
+                    board,
+                    lock,
+                    read_first,
+                } => self.unlock(board, lock, read_first).await,
+            };
             if let Err(error) = &result {
-                tracing::warn!(%error, request = request.name(), "lock bus request failed");
+                tracing::warn!(%error, work = work.name(), "lock bus request failed");
             }
             // The caller may have given up; that is not the bus's problem.
             let _ = reply.send(result);
         }
+    }
+
+    /// Reads the board first when asked (leaving an open hook alone), then writes the unlock.
+    async fn unlock(
+        &mut self,
+        board: BoardAddress,
+        lock: Lock,
+        read_first: bool,
+    ) -> Result<Done, BusError> {
+        if read_first {
+            let replies = self.exchange(Request::Status { board }).await?;
+            let status = replies
+                .iter()
+                .find_map(|reply| board_status(&self.shared.config, reply))
+                .ok_or_else(|| super::wrong_reply(board))?;
+            if !status.is_latched(lock) {
+                return Ok(Done::AlreadyOpen);
+            }
+        }
+        self.exchange(Request::Unlock { board, lock }).await?;
+        Ok(Done::UnlockWritten)
     }
 
     async fn exchange(&mut self, request: Request) -> Result<Vec<Reply>, BusError> {
@@ -91,8 +130,7 @@ impl<T: Transport> Actor<T> {
             .send(&frame)
             .await
             .map_err(|e| self.io_error(e))?;
-        let config = &self.shared.config;
-        self.quiet_until = Instant::now() + config.frame_gap;
+        self.quiet_until = Instant::now() + self.gap_after(request);
         let replies = match request {
             Request::Unlock { .. } => Vec::new(),
             _ if request.is_bus_wide() => self.collect(request).await?,
@@ -105,6 +143,11 @@ impl<T: Transport> Actor<T> {
             self.heard_at_current_baud = true;
         }
         Ok(replies)
+    }
+
+    /// Idle kept after writing `request` before the next frame may go out.
+    fn gap_after(&self, request: &Request) -> Duration {
+        gap_after(self.transport.pacing(), request, &self.shared.config)
     }
 
     /// Waits up to `reply_timeout` for the one reply that answers `request`.
@@ -261,6 +304,45 @@ impl<T: Transport> Actor<T> {
     }
 }
 
+/// Idle kept after writing `request` on a transport paced by `pacing`.
+fn gap_after(pacing: Pacing, request: &Request, config: &BusConfig) -> Duration {
+    match (pacing, request) {
+        (Pacing::Serial, _) => config.frame_gap,
+        // No reply will tell us the bridge has put it on the line: give it the time.
+        (Pacing::Bridge, Request::Unlock { .. }) => config.bridge_frame_gap,
+        // Answered (or timed out after `reply_timeout`): the line is already quiet.
+        (Pacing::Bridge, _) => Duration::ZERO,
+    }
+}
+
+/// The two queues the bus task serves, urgent first.
+pub(super) struct Lanes {
+    pub(super) urgent: mpsc::Receiver<Exchange>,
+    pub(super) ordinary: mpsc::Receiver<Exchange>,
+}
+
+impl Lanes {
+    /// The next piece of work: urgent if any waits, else ordinary; `None` once every handle
+    /// is gone.
+    async fn next(&mut self) -> Option<Exchange> {
+        tokio::select! {
+            biased;
+            Some(exchange) = self.urgent.recv() => Some(exchange),
+            Some(exchange) = self.ordinary.recv() => Some(exchange),
+            else => None,
+        }
+    }
+}
+
+impl Work {
+    fn name(&self) -> &'static str {
+        match self {
+            Work::Request(request) => request.name(),
+            Work::Unlock { .. } => "unlock",
+        }
+    }
+}
+
 /// The one board a request is for, or `None` for bus-wide requests.
 fn target_board(request: &Request) -> Option<BoardAddress> {
     match *request {
@@ -276,5 +358,44 @@ fn target_board(request: &Request) -> Option<BoardAddress> {
             Target::Board(board) => Some(board),
             Target::AllBoards => None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn serial_lines_keep_the_gap_after_every_frame_bridges_only_after_an_unlock() {
+        let config = BusConfig::default();
+        let board = BoardAddress::new(0).unwrap();
+        let unlock = Request::Unlock {
+            board,
+            lock: Lock::new(1).unwrap(),
+        };
+        let answered = [
+            Request::Status { board },
+            Request::StatusAll,
+            Request::QueryPulse {
+                target: Target::AllBoards,
+            },
+        ];
+        assert_eq!(
+            gap_after(Pacing::Serial, &unlock, &config),
+            config.frame_gap
+        );
+        assert_eq!(
+            gap_after(Pacing::Bridge, &unlock, &config),
+            config.bridge_frame_gap
+        );
+        for request in answered {
+            assert_eq!(
+                gap_after(Pacing::Serial, &request, &config),
+                config.frame_gap
+            );
+            assert_eq!(gap_after(Pacing::Bridge, &request, &config), Duration::ZERO);
+        }
     }
 }
