@@ -43,6 +43,8 @@ deps_system() {
     apt_install postgresql
   fi
   ls /usr/lib/postgresql/*/bin/psql >/dev/null 2>&1 || apt_install postgresql-client
+  # The hub's MQTT bridge test runs a private Mosquitto broker.
+  command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
 }
 
 cargo_tool() { # cargo_tool BINARY CRATE
@@ -113,6 +115,6 @@ case "${1:-}" in
   deps) deps_system; deps_tools; deps_browser ;;
   pg) shift; exec scripts/pg.sh "$@" ;;
   edge) shift; exec scripts/install-edge.sh "$@" ;;
-  hub) die "installing the $1 as a system service is not available in this version" ;;
+  hub) shift; exec scripts/install-hub.sh "$@" ;;
   *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -408,6 +408,117 @@ pub async fn list_devices(
         .collect())
 }
 
+/// Why a revocation could not be written into the branch's intents document.
+#[derive(Debug, thiserror::Error)]
+pub enum RevocationDocError {
+    /// Postgres failed; the revocation can be retried.
+    #[error("database error during {what}: {source}")]
+    Db {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The stored intents document does not load or take the write.
+    #[error("the intents document of branch {branch} is damaged: {reason}")]
+    Corrupt { branch: BranchId, reason: String },
+}
+
+/// Records `device` as revoked at `at_ms` (Unix ms) in its branch's intents document
+/// (`revoked`, [`cartwise_sync_core::intents::put_revoked`]) as the hub, under the document's
+/// row lock, and announces the document on [`crate::intents::DOC_CHANGED_CHANNEL`] at commit,
+/// like an intent. The branch's devices hold that document: a Pi that has it refuses the
+/// revoked device's LAN sessions even while the hub is unreachable (its certificate still
+/// verifies against the chain's CA). Runs inside the caller's transaction (the revocation's);
+/// returns the document written, `None` for an unknown device.
+pub async fn put_revoked_in_intents(
+    conn: &mut sqlx::PgConnection,
+    device: DeviceId,
+    at_ms: i64,
+) -> Result<Option<cartwise_sync_core::DocId>, RevocationDocError> {
+    use crate::docs_store::{self, DocWrite};
+    use cartwise_sync_core::DocId;
+    let db = |what: &'static str| move |source| RevocationDocError::Db { what, source };
+    let row = sqlx::query(
+        "SELECT d.branch_id, b.chain_id FROM devices d JOIN branches b ON b.id = d.branch_id
+         WHERE d.id = $1",
+    )
+    .bind(device.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db("finding the revoked device's branch"))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let branch = BranchId::from_uuid(row.get(0));
+    let chain = ChainId::from_uuid(row.get(1));
+    let corrupt = |reason: String| RevocationDocError::Corrupt { branch, reason };
+    let stored = |e: docs_store::DocsError| match e {
+        docs_store::DocsError::Db(source) => RevocationDocError::Db {
+            what: "writing the intents document",
+            source,
+        },
+        other => corrupt(other.to_string()),
+    };
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT doc_id FROM sync_documents WHERE branch_id = $1 AND device_id IS NULL",
+    )
+    .bind(branch.as_uuid())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db("finding the intents document"))?;
+    let doc_id = ids
+        .iter()
+        .filter_map(|id| id.parse::<DocId>().ok())
+        .filter(|id| matches!(id, DocId::BranchIntents { branch: b, .. } if *b == branch))
+        .max_by_key(DocId::epoch)
+        .unwrap_or(DocId::branch_intents(branch));
+    let locked = docs_store::lock_versions(conn, &[(doc_id, branch, None)])
+        .await
+        .map_err(stored)?
+        .get(&doc_id)
+        .copied()
+        .ok_or_else(|| corrupt(format!("{doc_id} has no row after it was locked")))?;
+    let (snapshot, chunks) = docs_store::load_bytes(conn, &doc_id)
+        .await
+        .map_err(stored)?
+        .unwrap_or_default();
+    let (write, heads) = tokio::task::spawn_blocking(move || {
+        let mut doc = if snapshot.is_empty() {
+            automerge::AutoCommit::new()
+        } else {
+            automerge::AutoCommit::load(&snapshot).map_err(|e| e.to_string())?
+        };
+        for chunk in &chunks {
+            doc.load_incremental(chunk).map_err(|e| e.to_string())?;
+        }
+        let before = doc.get_heads();
+        cartwise_sync_core::intents::put_revoked(&mut doc, chain, branch, device, at_ms)
+            .map_err(|e| e.to_string())?;
+        doc.commit();
+        let chunk = doc.save_after(&before);
+        let write = if locked.compaction_due(chunk.len()) {
+            DocWrite::Snapshot(doc.save())
+        } else {
+            DocWrite::Append(chunk)
+        };
+        let heads: Vec<u8> = doc.get_heads().iter().flat_map(|h| h.0).collect();
+        Ok::<_, String>((write, heads))
+    })
+    .await
+    .map_err(|e| corrupt(e.to_string()))?
+    .map_err(corrupt)?;
+    docs_store::write(conn, &doc_id, locked, &write, &heads)
+        .await
+        .map_err(stored)?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(crate::intents::DOC_CHANGED_CHANNEL)
+        .bind(doc_id.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(db("announcing the intents document"))?;
+    Ok(Some(doc_id))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cartwise_cloud_hub::clock::HubClock;
-use cartwise_cloud_hub::{db, enroll, http, pki, quic, seed, sync_server, world::World};
+use cartwise_cloud_hub::users;
+use cartwise_cloud_hub::{db, enroll, http, intents, pki, quic, seed, sync_server, world::World};
 use cartwise_schema::DeviceId;
 use cartwise_sync_core::identity::EnrollUrl;
+use cartwise_sync_core::intents::{IntentId, IntentKind};
 use clap::{Args, Parser, Subcommand};
 
 /// CartWise cloud hub: merges every branch's state into Postgres and serves the API.
@@ -38,17 +40,154 @@ enum Command {
     Serve {
         #[command(flatten)]
         db: DbArgs,
-        /// Address of the HTTP server (REST API, dashboard, health).
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// Address of the HTTP server (REST API, dashboard, /health, /metrics).
+        #[arg(long, env = "CARTWISE_HUB_HTTP", default_value = "127.0.0.1:8080")]
         http: SocketAddr,
         /// Also serve devices over QUIC on this UDP address (enrollment, renewal, sync),
         /// e.g. [::]:4433.
-        #[arg(long)]
+        #[arg(long, env = "CARTWISE_HUB_QUIC")]
         quic: Option<SocketAddr>,
+        /// Bridge to an MQTT broker (off when not given):
+        /// mqtt://user:password@host:1883?chain=<chain id>[&chain=…] — publishes device, telemetry
+        /// and cart status of those chains and takes lock/unlock as intents.
+        #[arg(long, env = "CARTWISE_HUB_MQTT")]
+        mqtt: Option<String>,
+        /// Most device sessions admitted at once by this process; more are told to come back
+        /// later (`Busy`).
+        #[arg(long, default_value_t = cartwise_cloud_hub::admission::SESSIONS_MAX_DEFAULT)]
+        max_sessions: usize,
+        /// Most sessions in their first exchange (handshake and first merge) at once; more
+        /// are told to come back later, so a fleet reconnecting after an outage spreads out.
+        #[arg(long, default_value_t = cartwise_cloud_hub::admission::ADMITTING_MAX_DEFAULT)]
+        max_admitting: usize,
     },
     /// Devices: add one (prints its one-time enrollment code), re-issue a code, revoke, list.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Intents: ask one device to unlock a post for maintenance, take a post out of service
+    /// or back, change its rental minutes, or leave a note; list them; show one. The device
+    /// executes each intent once when it next syncs and reports the outcome.
+    #[command(subcommand)]
+    Intent(IntentCommand),
+    /// Users of the REST API and dashboard: add one (e.g. the first platform admin).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user. The password is read from --password-file, else from standard input
+    /// (one line; at least 10 characters).
+    Add {
+        /// The login name (letters, digits, '.', '_', '-', '@').
+        #[arg(long)]
+        login: String,
+        /// platform_admin, chain_admin, branch_manager, technician or viewer.
+        #[arg(long)]
+        role: String,
+        /// The chain (chain admins, branch managers, technicians; viewers of one chain).
+        #[arg(long)]
+        chain: Option<uuid::Uuid>,
+        /// A branch of the chain (branch managers and technicians; repeat for several).
+        #[arg(long = "branch")]
+        branches: Vec<uuid::Uuid>,
+        /// A file whose first line is the password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IntentCommand {
+    /// Write an intent for one device and print it (status `pending` until the device answers).
+    Add {
+        /// The device that is to execute it (`cartwise-hub device list`).
+        #[arg(long)]
+        device: DeviceId,
+        #[command(subcommand)]
+        kind: IntentKindArg,
+        /// How long the device may still execute it: 90m, 1h, 7d (1 minute to 30 days).
+        /// Default: 1h for unlock-post, no expiry for the rest.
+        #[arg(long, global = true)]
+        expires_in: Option<String>,
+        /// Who asks, for the audit log (default: $USER).
+        #[arg(long, global = true)]
+        by: Option<String>,
+        #[command(flatten)]
+        db: GlobalDbArgs,
+    },
+    /// List intents, newest first (tab-separated: id, created, branch code, device name,
+    /// intent, status, outcome).
+    List {
+        /// Only this branch's (its id or code).
+        #[arg(long)]
+        branch: Option<String>,
+        /// Only this device's.
+        #[arg(long)]
+        device: Option<DeviceId>,
+        /// Only these: pending, applied, failed or expired.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Show one intent and the device's outcome.
+    Show {
+        /// The intent's id.
+        id: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IntentKindArg {
+    /// Open a post's lock for maintenance (no rental is started).
+    UnlockPost {
+        /// The post (its cart number in the branch).
+        #[arg(long)]
+        post: u16,
+    },
+    /// Take a post out of service: nothing is lent from it until it is put back.
+    OutOfService {
+        /// The post (its cart number in the branch).
+        #[arg(long)]
+        post: u16,
+    },
+    /// Put a post back in service.
+    InService {
+        /// The post (its cart number in the branch).
+        #[arg(long)]
+        post: u16,
+    },
+    /// Set how long rentals started at the device from then on last.
+    RentalMinutes {
+        /// Minutes, 1 to 10080 (a week).
+        #[arg(long)]
+        minutes: u32,
+    },
+    /// Leave a note for the branch staff on the device.
+    Note {
+        /// The note (at most 1024 bytes).
+        #[arg(long)]
+        text: String,
+        /// The post it is about, if any.
+        #[arg(long)]
+        post: Option<u16>,
+    },
+}
+
+/// `--database-url` accepted before or after an intent's kind.
+#[derive(Debug, Args)]
+struct GlobalDbArgs {
+    /// Postgres URL, e.g. postgres://cartwise@127.0.0.1:5432/cartwise.
+    #[arg(long, env = "DATABASE_URL", default_value = "", global = true)]
+    database_url: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +298,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             db: args,
             http: addr,
             quic: quic_addr,
+            max_sessions,
+            max_admitting,
+            mqtt,
         } => {
             let pool = db::connect(&args.database_url, CONNECT_TIMEOUT).await?;
             db::migrate(&pool).await?;
@@ -177,19 +319,45 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     let shutdown = async move {
                         let _ = stopped.changed().await;
                     };
-                    let server = std::sync::Arc::new(sync_server::SyncServer {
-                        pool: pool.clone(),
-                        clock: std::sync::Arc::new(HubClock::new()),
-                        hub_actors: cartwise_sync_core::HubActors::new([]),
-                    });
+                    let server = sync_server::SyncServer::new(
+                        pool.clone(),
+                        std::sync::Arc::new(HubClock::new()),
+                    );
+                    cartwise_cloud_hub::metrics::register_sync_server(&server);
+                    server
+                        .admission()
+                        .configure(cartwise_cloud_hub::admission::AdmissionConfig {
+                            sessions_max: max_sessions,
+                            admitting_max: max_admitting,
+                            ..Default::default()
+                        });
                     let handle =
                         quic::spawn(config, pool.clone(), server.handler(), shutdown).await?;
                     tokio::spawn(sweep_offline(pool.clone()));
+                    tokio::spawn(cartwise_cloud_hub::telemetry::run_retention(pool.clone()));
                     println!(
                         "hub quic listening on {} (platform CA sha256 {})",
                         handle.local_addr, handle.platform_ca_sha256
                     );
                     Some(handle)
+                }
+                None => None,
+            };
+            tokio::spawn(cartwise_cloud_hub::metrics::run_fleet_refresh(pool.clone()));
+            // Runs while `_bridge` lives: until the HTTP server has stopped.
+            let _bridge = match mqtt {
+                Some(url) => {
+                    let config = cartwise_cloud_hub::mqtt::MqttConfig::parse(&url)?;
+                    let events = match cartwise_cloud_hub::metrics::global().sync_server() {
+                        Some(server) => server.events(),
+                        None => cartwise_cloud_hub::mqtt::watch_changes(pool.clone()),
+                    };
+                    println!("hub mqtt bridge started ({})", url_without_password(&url));
+                    Some(cartwise_cloud_hub::mqtt::spawn(
+                        config,
+                        pool.clone(),
+                        events,
+                    ))
                 }
                 None => None,
             };
@@ -209,8 +377,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Device(command) => run_device(command).await?,
+        Command::Intent(command) => run_intent(command).await?,
+        Command::User(command) => run_user(command).await?,
     }
     Ok(())
+}
+
+/// `url` with any password replaced, for logs.
+fn url_without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Marks devices offline after missed heartbeats, every 15 s, for the life of the process.
@@ -270,6 +452,194 @@ async fn run_device(command: DeviceCommand) -> anyhow::Result<()> {
                     row.device, row.branch_code, row.name
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+async fn run_intent(command: IntentCommand) -> anyhow::Result<()> {
+    match command {
+        IntentCommand::Add {
+            device,
+            kind,
+            expires_in,
+            by,
+            db: args,
+        } => {
+            let expires_in = expires_in
+                .as_deref()
+                .map(intents::parse_expires_in)
+                .transpose()?;
+            let kind = match kind {
+                IntentKindArg::UnlockPost { post } => IntentKind::UnlockPost { post },
+                IntentKindArg::OutOfService { post } => IntentKind::OutOfService { post },
+                IntentKindArg::InService { post } => IntentKind::InService { post },
+                IntentKindArg::RentalMinutes { minutes } => {
+                    IntentKind::SetRentalMinutes { minutes }
+                }
+                IntentKindArg::Note { text, post } => IntentKind::Note { post, text },
+            };
+            let actor = intents::Actor {
+                kind: intents::ActorKind::Admin,
+                name: by
+                    .or_else(|| std::env::var("USER").ok())
+                    .unwrap_or_else(|| "admin".to_owned()),
+            };
+            let pool = connect_migrated(&DbArgs {
+                database_url: args.database_url,
+            })
+            .await?;
+            let request = intents::IntentRequest {
+                device,
+                branch: None,
+                kind,
+                expires_in,
+            };
+            let intent = intents::create(&pool, request, &actor).await?;
+            print_intent(&intent);
+        }
+        IntentCommand::List {
+            branch,
+            device,
+            status,
+            limit,
+            db: args,
+        } => {
+            let status = status
+                .as_deref()
+                .map(intents::IntentStatus::parse)
+                .transpose()?;
+            let pool = connect_migrated(&args).await?;
+            let branch = match branch {
+                Some(text) => Some(intents::resolve_branch(&pool, &text).await?),
+                None => None,
+            };
+            let filter = intents::IntentFilter {
+                branch,
+                device,
+                status,
+                limit: Some(limit),
+            };
+            for intent in intents::list(&pool, &filter).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    intent.id,
+                    intent.created_at.format("%Y-%m-%d %H:%M"),
+                    intent.branch_code,
+                    intent.device_name,
+                    describe(&intent.kind),
+                    intent.status,
+                    intent.outcome_detail.as_deref().unwrap_or("-"),
+                );
+            }
+        }
+        IntentCommand::Show { id, db: args } => {
+            let id = IntentId::parse(id.trim())
+                .map_err(|_| anyhow::anyhow!("{id:?} is not an intent id (a UUID)"))?;
+            let pool = connect_migrated(&args).await?;
+            print_intent(&intents::get(&pool, id).await?);
+        }
+    }
+    Ok(())
+}
+
+/// What an intent asks, for people.
+fn describe(kind: &IntentKind) -> String {
+    match kind {
+        IntentKind::UnlockPost { post } => format!("unlock post {post}"),
+        IntentKind::OutOfService { post } => format!("take post {post} out of service"),
+        IntentKind::InService { post } => format!("put post {post} back in service"),
+        IntentKind::SetRentalMinutes { minutes } => format!("set rental minutes to {minutes}"),
+        IntentKind::Note {
+            post: Some(post),
+            text,
+        } => format!("note on post {post}: {text:?}"),
+        IntentKind::Note { post: None, text } => format!("note: {text:?}"),
+        IntentKind::AssignCart {
+            post: Some(post), ..
+        } => format!("lend the cart of post {post} to a shopper"),
+        IntentKind::AssignCart { post: None, .. } => "lend a cart to a shopper".to_owned(),
+        IntentKind::ForceReturn { post } => format!("force the return of post {post}'s cart"),
+        IntentKind::SetFirmware { version } => format!("run firmware {version}"),
+    }
+}
+
+fn print_intent(intent: &intents::Intent) {
+    let when = |at: chrono::DateTime<chrono::Utc>| at.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    println!("intent   {}", intent.id);
+    println!(
+        "device   {} ({}, branch {})",
+        intent.device, intent.device_name, intent.branch_code
+    );
+    println!("asks     {}", describe(&intent.kind));
+    println!(
+        "by       {} at {}",
+        intent.created_by,
+        when(intent.created_at)
+    );
+    match intent.expires_at {
+        Some(at) if intent.status == intents::IntentStatus::Pending && at <= chrono::Utc::now() => {
+            println!(
+                "expires  {} (passed: the device answers `expired` when it sees it)",
+                when(at)
+            )
+        }
+        Some(at) => println!("expires  {}", when(at)),
+        None => println!("expires  never"),
+    }
+    println!("status   {}", intent.status);
+    if let Some(at) = intent.outcome_at {
+        println!("answered {}", when(at));
+    }
+    if let Some(detail) = &intent.outcome_detail {
+        println!("outcome  {detail}");
+    }
+}
+
+async fn run_user(command: UserCommand) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Add {
+            login,
+            role,
+            chain,
+            branches,
+            password_file,
+            db: args,
+        } => {
+            let role = users::Role::parse(&role)?;
+            let text = match &password_file {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the password file {}", path.display()))?,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("cannot read the password from standard input")?;
+                    line
+                }
+            };
+            let password = text.lines().next().unwrap_or_default().to_owned();
+            let pool = connect_migrated(&args).await?;
+            let new = users::NewUser {
+                login: login.clone(),
+                password,
+                role,
+                chain,
+                branches,
+            };
+            let id = users::add_user(&pool, &new).await?;
+            sqlx::query(
+                "INSERT INTO audit_log (actor_kind, actor_id, chain_id, action, target, detail) \
+                 VALUES ('admin', $1, $2, 'user.create', $3, $4)",
+            )
+            .bind(std::env::var("USER").unwrap_or_else(|_| "cli".to_owned()))
+            .bind(chain)
+            .bind(format!("user/{id}"))
+            .bind(serde_json::json!({ "login": login, "role": role.as_str() }))
+            .execute(&pool)
+            .await
+            .context("recording the new user in the audit log")?;
+            println!("user {login} ({role}) created with id {id}");
         }
     }
     Ok(())

@@ -1,39 +1,56 @@
 //! The hub's side of a device's sync session: a thin shell that moves bytes between one QUIC
-//! stream and a `cartwise_sync_core::Session`, and turns session events into document merges,
-//! projections into Postgres, acknowledgements, heartbeats and telemetry rows.
+//! stream and a `cartwise_sync_core::Session`, hands documents to the merge workers
+//! (`crate::merge`), and turns their answers into `Sync`, `LedgerAck` and `Error` messages,
+//! plus heartbeats and telemetry rows.
 //!
-//! Authority: on a direct session the mTLS identity is the writer. A device may sync only its
-//! own document (`device/<its id>`); anything else is refused with `Error{AUTHORITY}`, audited,
-//! and the session goes on. Inside its document, `PeerDocState::receive` refuses changes by any
-//! actor but the device's. Automerge work runs on the blocking pool, off the async threads.
+//! Authority: on a direct session the mTLS identity is the writer. A device writes only its
+//! own device documents (any epoch); it reads (the hub relays) the other devices' documents of
+//! its branch and the branch's intents document. Anything else is refused with
+//! `Error{AUTHORITY}` (a write) or `Error{NOT_ENTITLED}` (a listing), audited, and the session
+//! goes on. At admission the hub lists the documents it relays (`Docs`) and starts them; when
+//! one changes (a merge here, an intents write, another hub process: `merge::events`) it
+//! pushes a `Sync`.
+//!
+//! Each session keeps its sync progress per document in memory (persisted by the merge pass
+//! beside the document, so a reconnect resumes); everything else lives in Postgres.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cartwise_schema::Clock;
-use cartwise_sync_core::facts::read_device_doc;
+use cartwise_schema::{BranchId, Clock, DeviceId};
 use cartwise_sync_core::identity::PeerIdentity;
-use cartwise_sync_core::message::body::{DocHeads, ErrorBody, LedgerAck, SyncBody};
+use cartwise_sync_core::message::body::{
+    DocHeads, Docs, ErrorBody, LEDGER_ACK_RENTALS_MAX, LedgerAck, SyncBody,
+};
 use cartwise_sync_core::session::LocalIdentity;
 use cartwise_sync_core::{
-    DocId, HubActors, Message, Output, Session, SessionConfig, SessionEvent, Side, error_code,
+    DocId, Message, Output, PeerDocState, Session, SessionConfig, SessionEvent, Side, error_code,
     refusal,
 };
 use serde_json::json;
 use sqlx::PgPool;
+use tokio::sync::broadcast;
 
-use crate::{docs_store, project};
+use crate::docs_store;
+use crate::merge::events::BranchEvents;
+use crate::merge::{Access, Job, MergeError, Merged, Merger, Work};
 
 /// How long a peer has to open its session stream after connecting.
 const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read buffer per connection.
 const READ_CHUNK: usize = 64 * 1024;
+/// Documents one session syncs at most (a branch has a few devices, each a few epochs).
+pub const SESSION_DOCS_MAX: usize = 256;
 
-/// What every session shares.
+/// What every session shares: the pool, the hub's clock, the merge workers and the branch
+/// change notifications.
 pub struct SyncServer {
-    pub pool: PgPool,
-    pub clock: Arc<dyn Clock>,
-    pub hub_actors: HubActors,
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+    merger: Merger,
+    events: Arc<BranchEvents>,
+    admission: crate::admission::Admission,
 }
 
 impl std::fmt::Debug for SyncServer {
@@ -42,7 +59,52 @@ impl std::fmt::Debug for SyncServer {
     }
 }
 
+/// One session's view: who the peer is and its sync progress per document.
+struct Peer {
+    id: PeerIdentity,
+    states: HashMap<DocId, PeerDocState>,
+    /// Other devices' branch membership, as looked up.
+    same_branch: HashMap<DeviceId, bool>,
+}
+
 impl SyncServer {
+    /// A sync server on `pool`; starts the merge workers and the watchers of documents
+    /// changed elsewhere (on the current runtime).
+    pub fn new(pool: PgPool, clock: Arc<dyn Clock>) -> Arc<SyncServer> {
+        let events = Arc::new(BranchEvents::default());
+        let merger = Merger::spawn(pool.clone(), Arc::clone(&events));
+        tokio::spawn(Arc::clone(&events).poll_versions(pool.clone()));
+        tokio::spawn(Arc::clone(&events).listen(pool.clone()));
+        Arc::new(SyncServer {
+            pool,
+            clock,
+            merger,
+            events,
+            admission: crate::admission::Admission::default(),
+        })
+    }
+
+    /// Admission control: when to answer a new session `Busy` (limits can be changed).
+    pub fn admission(&self) -> &crate::admission::Admission {
+        &self.admission
+    }
+
+    /// The per-branch change notifications (the MQTT bridge listens to them too).
+    pub fn events(&self) -> Arc<BranchEvents> {
+        Arc::clone(&self.events)
+    }
+
+    /// The merge workers (what sessions submit to).
+    pub fn merger(&self) -> &Merger {
+        &self.merger
+    }
+
+    /// Tells the sessions of `branch` that `doc` changed outside the merge path (an intents
+    /// write in this process), so they push it now.
+    pub fn doc_changed(&self, branch: BranchId, doc: DocId) {
+        self.events.publish(branch, doc);
+    }
+
     /// The handler the QUIC endpoint calls for every authenticated sync connection.
     pub fn handler(self: Arc<Self>) -> crate::quic::SyncHandler {
         Arc::new(move |conn, peer| {
@@ -58,6 +120,7 @@ impl SyncServer {
             tracing::info!(device = %peer.device, "no session stream opened");
             return;
         };
+        crate::metrics::inc(&crate::metrics::global().sync_sessions_opened);
         self.mark_online(&peer, &remote.ip().to_string()).await;
         let config = SessionConfig {
             wall_trusted: true,
@@ -71,6 +134,13 @@ impl SyncServer {
             schema_version: cartwise_sync_core::facts::DEVICE_DOC_SCHEMA as u32,
         };
         let mut session = Session::new(config, identity, self.clock.read());
+        let mut me = Peer {
+            id: peer,
+            states: HashMap::new(),
+            same_branch: HashMap::new(),
+        };
+        let mut changes = self.events.subscribe(peer.branch);
+        let mut ticket = self.admission.ticket();
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             while let Some(output) = session.poll_output() {
@@ -80,7 +150,16 @@ impl SyncServer {
                             return;
                         }
                     }
-                    Output::Event(event) => self.on_event(&mut session, &peer, event).await,
+                    Output::Event(event) => {
+                        let backlog = self.merger.backlog();
+                        let step = self
+                            .admission
+                            .step(&mut ticket, &mut session, &event, backlog);
+                        if step != crate::admission::Step::Deferred {
+                            self.on_event(&mut session, &mut me, event).await;
+                        }
+                        ticket.after(step);
+                    }
                 }
             }
             if session.is_closed() {
@@ -101,6 +180,19 @@ impl SyncServer {
                     }
                     _ => break,
                 },
+                changed = changes.recv(), if session.is_established() => match changed {
+                    Ok(doc) => {
+                        if relayed_in_branch(&me.id, &doc) {
+                            self.generate(&mut session, &mut me, doc, Access::Read).await;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.start_relays(&mut session, &mut me, false).await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        changes = self.events.subscribe(peer.branch);
+                    }
+                },
                 () = tokio::time::sleep(wait) => {
                     if session.handle_timeout(self.clock.read()).is_err() {
                         break;
@@ -109,10 +201,15 @@ impl SyncServer {
             }
         }
         let _ = send.finish();
+        if ticket.deferred() {
+            // Let the `Busy` reach the device; it closes the connection on reading it.
+            let _ = tokio::time::timeout(crate::admission::BUSY_LINGER, conn.closed()).await;
+        }
         tracing::info!(device = %peer.device, "sync session closed");
     }
 
-    async fn on_event(&self, session: &mut Session, peer: &PeerIdentity, event: SessionEvent) {
+    async fn on_event(&self, session: &mut Session, me: &mut Peer, event: SessionEvent) {
+        let peer = me.id;
         match event {
             SessionEvent::PeerHello(hello) => {
                 let matches = hello.device == Some(peer.device)
@@ -123,7 +220,7 @@ impl SyncServer {
                     session.admit(now)
                 } else {
                     self.audit(
-                        peer,
+                        &peer,
                         "sync.hello_mismatch",
                         None,
                         json!({ "hello_device": hello.device.map(|d| d.to_string()) }),
@@ -134,23 +231,41 @@ impl SyncServer {
                         "the Hello does not match the certificate",
                     )
                 };
-                if let Err(error) = outcome {
-                    tracing::warn!(%error, "admitting the peer failed");
+                match outcome {
+                    Ok(()) if matches => self.start_relays(session, me, true).await,
+                    Ok(()) => {}
+                    Err(error) => tracing::warn!(%error, "admitting the peer failed"),
                 }
             }
             SessionEvent::Docs(docs) => {
                 for DocHeads { doc, .. } in docs.docs {
-                    if self.entitled(peer, &doc) {
-                        self.push(session, peer, doc).await;
+                    match self.access(me, &doc).await {
+                        Some(access) => self.generate(session, me, doc, access).await,
+                        None => {
+                            let _ = session.send(Message::Error(ErrorBody {
+                                code: error_code::NOT_ENTITLED,
+                                reason: format!("device {} may not sync {doc}", peer.device),
+                                doc: Some(doc),
+                            }));
+                        }
                     }
                 }
             }
-            SessionEvent::SyncReceived(body) => self.on_sync(session, peer, body).await,
-            SessionEvent::Heartbeat(_) => self.mark_online(peer, "").await,
-            SessionEvent::Telemetry(batch) => self.store_telemetry(peer, batch).await,
+            SessionEvent::SyncReceived(body) => self.on_sync(session, me, body).await,
+            SessionEvent::Heartbeat(_) => self.mark_online(&peer, "").await,
+            SessionEvent::Telemetry(batch) => {
+                crate::telemetry::on_batch(
+                    &self.pool,
+                    self.clock.read().wall,
+                    session,
+                    peer.device,
+                    batch,
+                )
+                .await
+            }
             SessionEvent::PeerViolation { code, reason } => {
                 self.audit(
-                    peer,
+                    &peer,
                     "sync.violation",
                     None,
                     json!({ "code": code, "reason": reason }),
@@ -161,55 +276,167 @@ impl SyncServer {
         }
     }
 
-    /// On a direct session a device reads and writes its own document only.
-    fn entitled(&self, peer: &PeerIdentity, doc: &DocId) -> bool {
-        matches!(doc, DocId::Device { device, .. } if *device == peer.device)
+    /// What the peer may do with `doc`: write its own device documents, read the other
+    /// devices' documents of its branch and its branch's intents; nothing else.
+    async fn access(&self, me: &mut Peer, doc: &DocId) -> Option<Access> {
+        match doc {
+            DocId::Device { device, .. } if *device == me.id.device => Some(Access::Write),
+            DocId::Device { device, .. } => {
+                if !me.same_branch.contains_key(device) {
+                    let branch: Option<uuid::Uuid> =
+                        sqlx::query_scalar("SELECT branch_id FROM devices WHERE id = $1")
+                            .bind(*device.as_uuid())
+                            .fetch_optional(&self.pool)
+                            .await
+                            .ok()
+                            .flatten();
+                    if me.same_branch.len() >= SESSION_DOCS_MAX {
+                        me.same_branch.clear();
+                    }
+                    me.same_branch
+                        .insert(*device, branch == Some(*me.id.branch.as_uuid()));
+                }
+                me.same_branch
+                    .get(device)
+                    .copied()
+                    .unwrap_or(false)
+                    .then_some(Access::Read)
+            }
+            DocId::BranchIntents { branch, .. } => {
+                (*branch == me.id.branch).then_some(Access::Read)
+            }
+        }
     }
 
-    async fn on_sync(&self, session: &mut Session, peer: &PeerIdentity, body: SyncBody) {
-        if !self.entitled(peer, &body.doc) {
-            let reason = format!("device {} may not write {}", peer.device, body.doc);
-            self.audit(
-                peer,
-                "sync.refused_out_of_authority",
-                Some(body.doc.to_string()),
-                json!({ "reason": reason }),
+    /// Lists the documents the hub relays to the peer (`Docs`, at admission) and starts each.
+    async fn start_relays(&self, session: &mut Session, me: &mut Peer, announce: bool) {
+        let docs = match docs_store::branch_docs(&self.pool, me.id.branch).await {
+            Ok(docs) => docs,
+            Err(error) => {
+                tracing::warn!(%error, "listing the branch's documents failed");
+                return;
+            }
+        };
+        let mut relayed: BTreeSet<DocId> = docs
+            .into_iter()
+            .map(|(doc, _)| doc)
+            .filter(|doc| relayed_in_branch(&me.id, doc))
+            .collect();
+        relayed.insert(DocId::branch_intents(me.id.branch));
+        if announce {
+            let listing = relayed
+                .iter()
+                .take(cartwise_sync_core::message::body::DOCS_PER_MESSAGE_MAX)
+                .map(|doc| DocHeads {
+                    doc: *doc,
+                    heads: Vec::new(),
+                })
+                .collect();
+            let _ = session.send(Message::Docs(Docs { docs: listing }));
+        }
+        for doc in relayed {
+            self.generate(session, me, doc, Access::Read).await;
+        }
+    }
+
+    /// The session's sync progress with `doc` (loaded from Postgres the first time).
+    async fn take_state(&self, me: &mut Peer, doc: DocId) -> Option<PeerDocState> {
+        if let Some(state) = me.states.remove(&doc) {
+            return Some(state);
+        }
+        if me.states.len() >= SESSION_DOCS_MAX {
+            return None;
+        }
+        Some(
+            docs_store::load_state(&self.pool, doc, me.id.device)
+                .await
+                .unwrap_or_else(|_| PeerDocState::new(doc)),
+        )
+    }
+
+    /// Sends the peer the next `Sync` for `doc`, if there is one.
+    async fn generate(&self, session: &mut Session, me: &mut Peer, doc: DocId, access: Access) {
+        let Some(state) = self.take_state(me, doc).await else {
+            return;
+        };
+        let done = self
+            .merger
+            .submit(Job {
+                peer: me.id,
+                doc,
+                access,
+                state,
+                work: Work::Generate,
+            })
+            .await;
+        me.states.insert(doc, done.state);
+        if let Ok(Merged {
+            reply: Some(reply), ..
+        }) = done.outcome
+        {
+            let _ = session.send(Message::Sync(reply));
+        }
+    }
+
+    async fn on_sync(&self, session: &mut Session, me: &mut Peer, body: SyncBody) {
+        let peer = me.id;
+        let doc = body.doc;
+        let Some(access) = self.access(me, &doc).await else {
+            self.refuse(
+                session,
+                &peer,
+                doc,
+                format!("device {} may not write {doc}", peer.device),
             )
             .await;
+            return;
+        };
+        let Some(state) = self.take_state(me, doc).await else {
             let _ = session.send(Message::Error(ErrorBody {
-                code: error_code::AUTHORITY,
-                reason,
-                doc: Some(body.doc),
+                code: error_code::LIMIT,
+                reason: format!("more than {SESSION_DOCS_MAX} documents in one session"),
+                doc: Some(doc),
             }));
             return;
+        };
+        let done = self
+            .merger
+            .submit(Job {
+                peer,
+                doc,
+                access,
+                state,
+                work: Work::Receive(body),
+            })
+            .await;
+        me.states.insert(doc, done.state);
+        crate::metrics::inc(&crate::metrics::global().merge_passes);
+        if done.outcome.is_ok() {
+            crate::metrics::inc(&crate::metrics::global().documents_merged);
         }
-        match self.merge(peer, body).await {
-            Ok((reply, acked)) => {
-                if let Some(reply) = reply {
+        match done.outcome {
+            Ok(merged) => {
+                if let Some(reply) = merged.reply {
                     let _ = session.send(Message::Sync(reply));
                 }
-                if !acked.is_empty() {
+                for rentals in merged.acked.chunks(LEDGER_ACK_RENTALS_MAX) {
                     let _ = session.send(Message::LedgerAck(LedgerAck {
                         device: peer.device,
-                        rentals: acked,
+                        rentals: rentals.to_vec(),
                     }));
                 }
+                for refused in &merged.refused_facts {
+                    self.audit(
+                        &peer,
+                        "sync.refused_fact",
+                        Some(doc.to_string()),
+                        json!({ "reason": refused }),
+                    )
+                    .await;
+                }
             }
-            Err(MergeError::Refused(reason, doc)) => {
-                self.audit(
-                    peer,
-                    "sync.refused_out_of_authority",
-                    Some(doc.to_string()),
-                    json!({ "reason": reason }),
-                )
-                .await;
-                let _ = session.send(Message::Error(ErrorBody {
-                    code: error_code::AUTHORITY,
-                    reason,
-                    doc: Some(doc),
-                }));
-            }
-            Err(MergeError::Failed(reason, doc)) => {
+            Err(MergeError::Refused(reason)) => self.refuse(session, &peer, doc, reason).await,
+            Err(MergeError::Failed(reason)) => {
                 tracing::error!(%reason, %doc, "merging a sync message failed");
                 let _ = session.send(Message::Error(ErrorBody {
                     code: error_code::SYNC_FAILED,
@@ -220,83 +447,20 @@ impl SyncServer {
         }
     }
 
-    /// Applies one sync message to the device's document, stores it, projects it, and returns
-    /// the reply and the closed rentals now held in Postgres.
-    async fn merge(
-        &self,
-        peer: &PeerIdentity,
-        body: SyncBody,
-    ) -> Result<(Option<SyncBody>, Vec<cartwise_schema::RentalId>), MergeError> {
-        let doc_id = body.doc;
-        let failed = |reason: String| MergeError::Failed(reason, doc_id);
-        let mut doc = docs_store::load(&self.pool, &doc_id)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let mut state = docs_store::load_state(&self.pool, doc_id, peer.device)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let actors = self.hub_actors.clone();
-        let (doc, state, received, reply) = tokio::task::spawn_blocking(move || {
-            let received = state.receive(&mut doc, &body, &actors);
-            let reply = state.generate(&mut doc);
-            (doc, state, received, reply)
-        })
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-        let received = received.map_err(|e| match e {
-            cartwise_sync_core::DocSyncError::Authority(_) => {
-                MergeError::Refused(e.to_string(), doc_id)
-            }
-            other => failed(other.to_string()),
-        })?;
-        let reply = reply.map_err(|e| failed(e.to_string()))?;
-        let mut doc = doc;
-        let mut acked = Vec::new();
-        if received.heads_changed {
-            let snapshot = doc.save();
-            let heads: Vec<u8> = doc.get_heads().iter().flat_map(|h| h.0).collect();
-            docs_store::save(
-                &self.pool,
-                &doc_id,
-                peer.branch,
-                Some(peer.device),
-                &snapshot,
-                &heads,
-            )
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-            let facts = read_device_doc(&doc);
-            let projected = project::project_device(&self.pool, peer.device, peer.branch, &facts)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            for refused in &projected.refused {
-                self.audit(
-                    peer,
-                    "sync.refused_fact",
-                    Some(doc_id.to_string()),
-                    json!({ "reason": refused }),
-                )
-                .await;
-            }
-            acked = projected.closed_held;
-        }
-        docs_store::save_state(&self.pool, &state, peer.device)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        Ok((reply, acked))
-    }
-
-    /// Starts syncing `doc` with the peer.
-    async fn push(&self, session: &mut Session, peer: &PeerIdentity, doc_id: DocId) {
-        let Ok(mut doc) = docs_store::load(&self.pool, &doc_id).await else {
-            return;
-        };
-        let Ok(mut state) = docs_store::load_state(&self.pool, doc_id, peer.device).await else {
-            return;
-        };
-        if let Ok(Some(body)) = state.generate(&mut doc) {
-            let _ = session.send(Message::Sync(body));
-        }
+    /// Refuses a write outside the peer's authority: audited, answered, the session goes on.
+    async fn refuse(&self, session: &mut Session, peer: &PeerIdentity, doc: DocId, reason: String) {
+        self.audit(
+            peer,
+            "sync.refused_out_of_authority",
+            Some(doc.to_string()),
+            json!({ "reason": reason }),
+        )
+        .await;
+        let _ = session.send(Message::Error(ErrorBody {
+            code: error_code::AUTHORITY,
+            reason,
+            doc: Some(doc),
+        }));
     }
 
     async fn mark_online(&self, peer: &PeerIdentity, ip: &str) {
@@ -311,29 +475,6 @@ impl SyncServer {
         .await;
         if let Err(error) = result {
             tracing::warn!(%error, "recording a heartbeat failed");
-        }
-    }
-
-    async fn store_telemetry(
-        &self,
-        peer: &PeerIdentity,
-        batch: cartwise_sync_core::message::body::Telemetry,
-    ) {
-        for event in batch.events {
-            let data: serde_json::Value =
-                serde_json::from_str(&event.data_json).unwrap_or(json!({ "raw": event.data_json }));
-            let at = chrono::DateTime::from_timestamp_millis(event.wall_ms.get())
-                .unwrap_or_else(chrono::Utc::now);
-            let result = sqlx::query("INSERT INTO telemetry (device_id, event_type, event_data, \"timestamp\") VALUES ($1, $2, $3, $4)")
-                .bind(*peer.device.as_uuid())
-                .bind(event.kind.chars().take(50).collect::<String>())
-                .bind(data)
-                .bind(at)
-                .execute(&self.pool)
-                .await;
-            if let Err(error) = result {
-                tracing::warn!(%error, "storing telemetry failed");
-            }
         }
     }
 
@@ -362,11 +503,6 @@ impl SyncServer {
     }
 }
 
-enum MergeError {
-    Refused(String, DocId),
-    Failed(String, DocId),
-}
-
 /// Marks devices offline whose last heartbeat is older than three heartbeat intervals.
 pub async fn sweep_offline(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
@@ -376,4 +512,14 @@ pub async fn sweep_offline(pool: &PgPool) -> Result<u64, sqlx::Error> {
     .execute(pool)
     .await?
     .rows_affected())
+}
+
+/// Whether `doc` is one the hub relays to `peer` when it changes in the peer's branch: the
+/// branch's intents, another device's document. (Branch membership of a device document is
+/// known from where the notification came from: a merge of that branch.)
+fn relayed_in_branch(peer: &PeerIdentity, doc: &DocId) -> bool {
+    match doc {
+        DocId::Device { device, .. } => *device != peer.device,
+        DocId::BranchIntents { branch, .. } => *branch == peer.branch,
+    }
 }

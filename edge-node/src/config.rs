@@ -26,6 +26,22 @@ pub struct EdgeConfig {
     pub shopper: ShopperConfig,
     /// The SMS sender; absent means SMS is not configured (codes cannot be sent).
     pub sms: Option<SmsSenderConfig>,
+    /// The other Pis of this branch on the LAN.
+    pub lan: LanSection,
+}
+
+/// Most LAN peers one Pi is configured with (a branch has a few Pis).
+pub const LAN_PEERS_MAX: usize = 16;
+
+/// Direct sync with the other Pis of the branch over QUIC (mutual TLS with the device
+/// certificate; only devices of this chain and branch are accepted).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LanSection {
+    /// Where to accept branch peers (UDP), e.g. `0.0.0.0:7443`; absent: accept none.
+    pub listen: Option<SocketAddr>,
+    /// The other Pis of the branch, `HOST:PORT` each; this Pi connects to every one.
+    pub peers: Vec<String>,
 }
 
 /// Who this device is.
@@ -79,6 +95,7 @@ impl Default for EdgeConfig {
             rental: RentalSection::default(),
             shopper: ShopperConfig::default(),
             sms: None,
+            lan: LanSection::default(),
         }
     }
 }
@@ -201,6 +218,7 @@ impl EdgeConfig {
             field: e.field,
             reason: e.reason,
         })?;
+        self.lan.validate()?;
         Ok(())
     }
 
@@ -268,6 +286,37 @@ impl EdgeConfig {
     }
 }
 
+impl LanSection {
+    /// Checks the peer list: at most `LAN_PEERS_MAX` distinct `HOST:PORT` entries.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.peers.len() > LAN_PEERS_MAX {
+            return Err(field(
+                "lan.peers",
+                format!("list at most {LAN_PEERS_MAX} peers"),
+            ));
+        }
+        for (nth, peer) in self.peers.iter().enumerate() {
+            let (host, port) = peer
+                .rsplit_once(':')
+                .ok_or_else(|| field("lan.peers", format!("{peer:?} is not HOST:PORT")))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() || host.chars().any(char::is_whitespace) {
+                return Err(field("lan.peers", format!("{peer:?} names no host")));
+            }
+            if port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(field(
+                    "lan.peers",
+                    format!("{peer:?}: the port must be 1 to 65535"),
+                ));
+            }
+            if self.peers[..nth].contains(peer) {
+                return Err(field("lan.peers", format!("{peer:?} is listed twice")));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +355,30 @@ mod tests {
                 .to_string()
                 .starts_with("bus.uri")
         );
+    }
+
+    #[test]
+    fn lan_peers_are_checked() {
+        let config: EdgeConfig = toml::from_str(
+            "[lan]\nlisten = \"0.0.0.0:7443\"\npeers = [\"10.0.0.2:7443\", \"pi-b.local:7443\"]\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.lan.peers.len(), 2);
+        for bad in ["10.0.0.2", ":7443", "10.0.0.2:0", "10.0.0.2:99999"] {
+            let mut config = EdgeConfig::default();
+            config.lan.peers = vec![bad.into()];
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.starts_with("lan.peers"), "{bad}: {error}");
+        }
+        let mut config = EdgeConfig::default();
+        config.lan.peers = vec!["a:1".into(), "a:1".into()];
+        assert!(config.validate().is_err());
+        let mut config = EdgeConfig::default();
+        config.lan.peers = (0..=LAN_PEERS_MAX)
+            .map(|n| format!("pi-{n}:7443"))
+            .collect();
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::config::EdgeConfig;
 use crate::cu16::{Bus, PollEvent, PollerConfig, spawn_poller};
 use crate::engine::Engine;
 use crate::kiosk::{self, Kiosk};
+use crate::outbox::{self, OUTBOX_ROWS_MAX, Outbox, Priority};
+use crate::peers::{self, LanLink};
 use crate::shopper::{ShopperAuth, load_or_create_key_file};
 use crate::uplink::{self, HubLink};
 
@@ -33,6 +35,8 @@ pub const TICK: Duration = Duration::from_secs(5);
 pub struct RunningEdge {
     /// Where the kiosk server listens.
     pub http: SocketAddr,
+    /// Where branch peers are served (`[lan] listen`), if anywhere.
+    pub lan: Option<SocketAddr>,
     /// The engine, for in-process tests.
     pub engine: Arc<Engine>,
     tasks: JoinSet<()>,
@@ -89,6 +93,11 @@ pub async fn spawn(
         .await
         .context("cannot open the local database")?,
     );
+    let outbox = Arc::new(
+        Outbox::open(engine.store().clone(), Arc::clone(&clock), OUTBOX_ROWS_MAX)
+            .await
+            .context("cannot open the telemetry outbox")?,
+    );
     let key = load_or_create_key_file(&config.data_dir.join("shopper-token.key"), &mut rng)
         .context("cannot load the shopper-token key")?;
     let sms = match &config.sms {
@@ -97,14 +106,24 @@ pub async fn spawn(
     };
     let auth = ShopperAuth::new(&config.shopper, key);
     let link = Arc::new(HubLink::default());
-    let kiosk = Arc::new(Kiosk::new(
+    let mut kiosk = Kiosk::new(
         Arc::clone(&engine),
         auth,
         sms,
         config.device.name.clone(),
         Arc::clone(&link),
         StdRng::from_rng(&mut rng),
-    ));
+    );
+    let lan_link = Arc::new(LanLink::default());
+    kiosk.lan = Arc::clone(&lan_link);
+    let kiosk = Arc::new(kiosk);
+    let lan_socket = peers::bind(&config.lan).with_context(|| {
+        format!(
+            "cannot listen for branch peers on {}",
+            config.lan.listen.map(|a| a.to_string()).unwrap_or_default()
+        )
+    })?;
+    let lan = peers::local_addr(&lan_socket);
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -130,29 +149,51 @@ pub async fn spawn(
     });
     tasks.spawn(supervise_bus(
         Arc::clone(&engine),
+        Arc::clone(&outbox),
         config.clone(),
         stopped.clone(),
     ));
+    tasks.spawn(Arc::clone(&outbox).run_flusher(stopped.clone()));
+    tasks.spawn(outbox::status::run(
+        Arc::clone(&engine),
+        Arc::clone(&outbox),
+        outbox::status::STATUS_INTERVAL,
+        stopped.clone(),
+    ));
     tasks.spawn(tick(Arc::clone(&engine), stopped.clone()));
+    tasks.spawn(peers::run(
+        Arc::clone(&engine),
+        Arc::clone(&clock),
+        config.data_dir.clone(),
+        config.lan.clone(),
+        lan_socket,
+        lan_link,
+        stopped.clone(),
+    ));
     tasks.spawn(uplink::run(
         Arc::clone(&engine),
         clock,
         config.data_dir.clone(),
         link,
+        outbox,
         stopped,
     ));
     tracing::info!(%http, device = %config.device.id, "edge node running");
     Ok(RunningEdge {
         http,
+        lan,
         engine,
         tasks,
     })
 }
 
 /// Opens the bus (retrying with capped backoff), feeds the poller's events to the engine, and
-/// reopens the bus after `BUS_FAILURES_MAX` consecutive failed reads.
+/// reopens the bus after `BUS_FAILURES_MAX` consecutive failed reads. Telemetry: the bus going
+/// away and each reopen are faults, the bus coming back after failed attempts is telemetry;
+/// single failed reads are only counted into those (never a write per poll).
 async fn supervise_bus(
     engine: Arc<Engine>,
+    outbox: Arc<Outbox>,
     config: EdgeConfig,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -162,6 +203,7 @@ async fn supervise_bus(
         ..PollerConfig::default()
     };
     let mut backoff = Duration::from_millis(500);
+    let mut failed_opens = 0u32;
     loop {
         let bus = tokio::select! {
             opened = Bus::open(&uri, config.bus_config()) => opened,
@@ -172,6 +214,12 @@ async fn supervise_bus(
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "lock bus not available");
                 engine.set_bus(None);
+                if failed_opens == 0 {
+                    let data =
+                        serde_json::json!({ "line": uri.to_string(), "error": error.to_string() });
+                    outbox.push(Priority::Fault, "bus.unavailable", data, engine.now());
+                }
+                failed_opens = failed_opens.saturating_add(1);
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     _ = stopped.wait_for(|s| *s) => return,
@@ -182,6 +230,12 @@ async fn supervise_bus(
         };
         backoff = Duration::from_millis(500);
         tracing::info!(line = %bus.line(), "lock bus open");
+        if failed_opens > 0 {
+            let data =
+                serde_json::json!({ "line": bus.line().to_string(), "failed_opens": failed_opens });
+            outbox.push(Priority::Telemetry, "bus.opened", data, engine.now());
+            failed_opens = 0;
+        }
         engine.set_bus(Some(bus.clone()));
         let mut poller = spawn_poller(bus, poller_config.clone());
         let mut failures = 0u32;
@@ -201,6 +255,8 @@ async fn supervise_bus(
             }
             if failures >= BUS_FAILURES_MAX {
                 tracing::warn!("the lock bus stopped answering; reopening it");
+                let data = serde_json::json!({ "failed_reads": failures });
+                outbox.push(Priority::Fault, "bus.reopen", data, engine.now());
                 break;
             }
         }

@@ -10,9 +10,13 @@
 //! Architecture Invariant: the engine makes every decision; the HTTP layer only translates, and
 //! the bus driver only reports what the hardware did.
 
+mod docs;
+pub(crate) mod fold;
 mod give_back;
+pub mod intents;
 mod lend;
 mod query;
+mod rotation;
 mod sense;
 mod sync;
 
@@ -34,6 +38,7 @@ use crate::live::LiveDoc;
 use crate::store::{Store, StoreError, StoreState};
 use crate::timekeeping::Timeline;
 
+pub use docs::{DocRefusal, HELD_DOCS_MAX, SyncPeer};
 pub use give_back::{ReturnError, ReturnSlot, ReturnState};
 pub use lend::{LendError, Lent};
 pub use query::{RentalFilter, RentalView, Stats, iso};
@@ -107,10 +112,15 @@ pub struct EdgeState {
     pub live: LiveDoc,
     /// Woken whenever the live document gained changes (the uplink then syncs them).
     pub changed: Arc<tokio::sync::Notify>,
+    /// Bumped whenever the live document gained changes: unlike `changed`, every subscriber
+    /// sees every bump (the branch peers' sessions, beside the uplink).
+    pub revision: Arc<tokio::sync::watch::Sender<u64>>,
     pub timeline: Timeline,
     hlc: HlcClock,
     device: DeviceId,
     branch: BranchId,
+    /// Documents of other writers held here, loaded on first use (`engine/docs.rs`).
+    pub(crate) held: docs::HeldDocs,
 }
 
 impl std::fmt::Debug for EdgeState {
@@ -131,11 +141,13 @@ impl EdgeState {
         };
         Ok(Self {
             changed: Arc::new(tokio::sync::Notify::new()),
+            revision: Arc::new(tokio::sync::watch::Sender::new(0)),
             live: LiveDoc::open(conn, device, branch)?,
             timeline: Timeline::load(conn)?,
             hlc,
             device,
             branch,
+            held: docs::HeldDocs::new(),
         })
     }
 
@@ -196,6 +208,7 @@ impl EdgeState {
     pub fn finish(&mut self, conn: &Connection) -> Result<(), StoreError> {
         if self.live.persist(conn)? {
             self.changed.notify_one();
+            self.revision.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(())
     }
@@ -209,8 +222,12 @@ impl EdgeState {
 impl StoreState for EdgeState {
     fn reload(&mut self, conn: &Connection) -> Result<(), StoreError> {
         let changed = Arc::clone(&self.changed);
+        let revision = Arc::clone(&self.revision);
+        let epoch = self.live.epoch_cell();
         *self = EdgeState::load(conn, self.device, self.branch)?;
         self.changed = changed;
+        self.revision = revision;
+        self.live.share_epoch(&epoch);
         Ok(())
     }
 }
@@ -226,6 +243,12 @@ pub struct Engine {
     baselined: Mutex<BTreeSet<BoardAddr>>,
     rng: Mutex<StdRng>,
     config: EngineConfig,
+    /// The live document's current epoch (follows rotations; see `live.rs`).
+    epoch: Arc<std::sync::atomic::AtomicU32>,
+    /// The chain, once the enrolled identity tells it (`engine/docs.rs`).
+    chain: RwLock<Option<cartwise_schema::ChainId>>,
+    /// One intents run at a time (`engine/intents.rs`).
+    intents_running: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -246,11 +269,20 @@ impl Engine {
     ) -> Result<Self, StoreError> {
         let (device, branch) = (config.device, config.branch);
         let layout = config.layout.clone();
+        let (epoch_tx, epoch_rx) = std::sync::mpsc::sync_channel(1);
         let store = Store::open(path, move |conn| {
             ledger::ensure_posts(conn, layout.posts())?;
-            EdgeState::load(conn, device, branch)
+            let state = EdgeState::load(conn, device, branch)?;
+            let _ = epoch_tx.send(state.live.epoch_cell());
+            Ok(state)
         })?;
+        let epoch = epoch_rx
+            .try_recv()
+            .map_err(|_| StoreError::Rejected("the live document did not open".into()))?;
         let engine = Self {
+            epoch,
+            chain: RwLock::new(None),
+            intents_running: tokio::sync::Mutex::new(()),
             store,
             clock,
             bus: RwLock::new(None),

@@ -46,6 +46,8 @@ pub struct Kiosk {
     pub device_name: String,
     /// Whether the node is in session with the hub.
     pub hub: Arc<crate::uplink::HubLink>,
+    /// The branch peers in session on the LAN.
+    pub lan: Arc<crate::peers::LanLink>,
     rng: Mutex<StdRng>,
     verified: Mutex<VecDeque<(Phone, String, MonoMillis)>>,
 }
@@ -75,6 +77,7 @@ impl Kiosk {
             sms_down: AtomicBool::new(false),
             device_name,
             hub,
+            lan: Arc::default(),
             rng: Mutex::new(rng),
             verified: Mutex::new(VecDeque::new()),
         }
@@ -139,6 +142,7 @@ pub fn router(kiosk: Arc<Kiosk>) -> Router {
         .nest("/api/v1", api)
         .route("/api/v1/admin/time", post(routes_auth::set_time))
         .route("/api/v1/anomalies", get(views::anomalies))
+        .route("/api/v1/intents", get(views::intents))
         .merge(assets::router())
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)

@@ -26,6 +26,10 @@ pub mod ledger;
 #[cfg(feature = "node")]
 pub mod live;
 #[cfg(feature = "node")]
+pub mod outbox;
+#[cfg(feature = "node")]
+pub mod peers;
+#[cfg(feature = "node")]
 pub mod run_cli;
 #[cfg(feature = "node")]
 pub mod shopper;

@@ -38,6 +38,9 @@ pub enum StoreError {
     /// A job's own check failed; the transaction was rolled back.
     #[error("{0}")]
     Rejected(String),
+    /// A peer's document or message was refused; the transaction was rolled back.
+    #[error("refused: {0}")]
+    Refused(#[from] crate::engine::DocRefusal),
 }
 
 /// State the store thread owns beside the connection and changes inside jobs.

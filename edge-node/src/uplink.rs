@@ -14,14 +14,18 @@ use std::time::Duration;
 
 use cartwise_schema::Clock;
 use cartwise_sync_core::identity::HUB_SERVER_NAME;
-use cartwise_sync_core::message::body::{DocHeads, Docs, Role};
+use cartwise_sync_core::message::body::{DOCS_PER_MESSAGE_MAX, DocHeads, Docs, ErrorBody, Role};
 use cartwise_sync_core::session::LocalIdentity;
-use cartwise_sync_core::{Message, Output, Session, SessionConfig, SessionEvent, Side};
+use cartwise_sync_core::{
+    DocId, Message, Output, Session, SessionConfig, SessionEvent, Side, error_code,
+};
 use rand::RngExt as _;
 use tokio::sync::watch;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, SyncPeer};
 use crate::identity::{self, EdgeIdentity};
+use crate::outbox::{self, Outbox};
+use crate::store::StoreError;
 
 /// First wait after a failed connection.
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -29,6 +33,9 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `Sync` messages pipelined behind the `Hello` at most (the `Docs` listing takes one more of
+/// the session's `PIPELINED_MAX`).
+pub const PIPELINED_SYNCS_MAX: usize = cartwise_sync_core::session::PIPELINED_MAX / 2;
 /// The peer name sync progress with the hub is stored under.
 pub const HUB_PEER: &str = "hub";
 
@@ -50,26 +57,30 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     data_dir: PathBuf,
     link: Arc<HubLink>,
+    outbox: Arc<Outbox>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let wait = match identity::load(&data_dir) {
-            Ok(identity) => match session(&engine, &clock, &identity, &link, &mut stopped).await {
-                Ok(Some(hint)) => hint,
-                Ok(None) => {
-                    backoff = BACKOFF_MIN;
-                    BACKOFF_MIN
+            Ok(identity) => {
+                match session(&engine, &clock, &identity, &link, &outbox, &mut stopped).await {
+                    Ok(Some(hint)) => hint,
+                    Ok(None) => {
+                        backoff = BACKOFF_MIN;
+                        BACKOFF_MIN
+                    }
+                    Err(reason) => {
+                        tracing::info!(%reason, retry_in = ?backoff, "hub not reachable; lending continues offline");
+                        let this = backoff;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        this
+                    }
                 }
-                Err(reason) => {
-                    tracing::info!(%reason, retry_in = ?backoff, "hub not reachable; lending continues offline");
-                    let this = backoff;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    this
-                }
-            },
+            }
             Err(_) => BACKOFF_MAX,
         };
+        outbox.session_ended();
         link.connected.store(false, Ordering::Relaxed);
         let jitter =
             rand::rng().random_range(0..=wait.as_millis().min(u128::from(u32::MAX)) as u64 / 2);
@@ -78,6 +89,18 @@ pub async fn run(
             () = wait_stopped(&mut stopped) => return,
         }
     }
+}
+
+/// Sends the first `Sync` of `doc` (if the engine has one to send).
+async fn open_doc(engine: &Engine, session: &mut Session, doc: DocId) -> Result<(), String> {
+    match engine.sync_generate_doc(HUB_PEER.into(), doc).await {
+        Ok(Some(body)) => {
+            let _ = session.send(Message::Sync(body));
+        }
+        Ok(None) => {}
+        Err(error) => tracing::warn!(%error, %doc, "generating a sync message failed"),
+    }
+    Ok(())
 }
 
 async fn wait_stopped(stopped: &mut watch::Receiver<bool>) {
@@ -90,17 +113,22 @@ async fn session(
     clock: &Arc<dyn Clock>,
     identity: &EdgeIdentity,
     link: &HubLink,
+    outbox: &Outbox,
     stopped: &mut watch::Receiver<bool>,
 ) -> Result<Option<Duration>, String> {
     let config = identity::hub_client_config(identity).map_err(|e| e.to_string())?;
     let endpoint = identity::client_endpoint().map_err(|e| e.to_string())?;
-    let conn = tokio::time::timeout(
+    // A stop while connecting ends the attempt at once rather than after the timeout.
+    let connecting = tokio::time::timeout(
         CONNECT_TIMEOUT,
         identity::connect(&endpoint, &identity.hub, config, HUB_SERVER_NAME),
-    )
-    .await
-    .map_err(|_| "connecting timed out".to_string())?
-    .map_err(|e| e.to_string())?;
+    );
+    let conn = tokio::select! {
+        connected = connecting => connected
+            .map_err(|_| "connecting timed out".to_string())?
+            .map_err(|e| e.to_string())?,
+        () = wait_stopped(stopped) => return Ok(None),
+    };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let peer = identity.peer();
     let local = LocalIdentity {
@@ -110,21 +138,19 @@ async fn session(
         device: Some(peer.device),
         schema_version: cartwise_sync_core::facts::DEVICE_DOC_SCHEMA as u32,
     };
+    engine.set_chain(peer.chain);
     let mut session = Session::new(SessionConfig::new(Side::Initiator), local, clock.read());
-    // Pipelined behind the Hello: an idle reconnect is one round trip.
-    let doc = engine.document_id();
+    // Pipelined behind the Hello: an idle reconnect is one round trip. Every document this
+    // device syncs (its own epochs, the branch's intents, the other devices' documents it
+    // holds) is listed and opened; what does not fit in the pipeline opens once admitted.
+    let listing = engine.doc_listing().await.map_err(|e| e.to_string())?;
+    let docs: Vec<DocId> = listing.iter().map(|heads| heads.doc).collect();
     let _ = session.send(Message::Docs(Docs {
-        docs: vec![DocHeads {
-            doc,
-            heads: Vec::new(),
-        }],
+        docs: listing.into_iter().take(DOCS_PER_MESSAGE_MAX).collect(),
     }));
-    if let Some(body) = engine
-        .sync_generate(HUB_PEER.into())
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        let _ = session.send(Message::Sync(body));
+    let (pipelined, mut deferred) = docs.split_at(docs.len().min(PIPELINED_SYNCS_MAX));
+    for doc in pipelined {
+        open_doc(engine, &mut session, *doc).await?;
     }
     let changed = engine.document_changed().await;
     let mut buf = vec![0u8; 64 * 1024];
@@ -137,6 +163,17 @@ async fn session(
                     SessionEvent::Established { .. } => {
                         link.connected.store(true, Ordering::Relaxed);
                         tracing::info!(hub = %identity.hub, "in session with the hub");
+                        for doc in std::mem::take(&mut deferred) {
+                            open_doc(engine, &mut session, *doc).await?;
+                        }
+                        outbox::drain_into(outbox, &mut session).await;
+                    }
+                    SessionEvent::Docs(listed) => {
+                        // The hub relays these (the branch's intents, the other devices'
+                        // documents): open each; the engine decides what it accepts.
+                        for DocHeads { doc, .. } in listed.docs {
+                            open_doc(engine, &mut session, doc).await?;
+                        }
                     }
                     SessionEvent::ClockSample(sample) => {
                         if let Err(error) = engine
@@ -147,13 +184,25 @@ async fn session(
                         }
                     }
                     SessionEvent::SyncReceived(body) => {
-                        match engine.sync_receive(HUB_PEER.into(), body).await {
+                        let doc = body.doc;
+                        match engine
+                            .sync_receive_doc(HUB_PEER.into(), SyncPeer::Hub, body)
+                            .await
+                        {
                             Ok(Some(reply)) => {
                                 let _ = session.send(Message::Sync(reply));
                             }
                             Ok(None) => {}
+                            Err(StoreError::Refused(refusal)) => {
+                                tracing::warn!(%refusal, "a document from the hub was refused");
+                                let _ = session.send(Message::Error(ErrorBody {
+                                    code: error_code::AUTHORITY,
+                                    reason: refusal.to_string(),
+                                    doc: Some(doc),
+                                }));
+                            }
                             Err(error) => {
-                                tracing::warn!(%error, "a sync message from the hub was not applied")
+                                tracing::warn!(%error, %doc, "a sync message from the hub was not applied")
                             }
                         }
                     }
@@ -165,6 +214,9 @@ async fn session(
                             tracing::warn!(%error, "applying the hub's acknowledgement failed")
                         }
                     },
+                    SessionEvent::TelemetryAck(ack) => {
+                        outbox::on_ack(outbox, &mut session, &ack).await
+                    }
                     SessionEvent::Closed(reason) => {
                         tracing::info!(?reason, "hub session closed");
                         if let cartwise_sync_core::CloseReason::Busy { retry_after_ms } = reason {
@@ -197,6 +249,7 @@ async fn session(
                     let _ = session.send(Message::Sync(body));
                 }
             }
+            () = outbox.ready(), if session.is_established() => outbox::drain_into(outbox, &mut session).await,
             () = tokio::time::sleep(wait) => session.handle_timeout(clock.read()).map_err(|e| e.to_string())?,
             () = wait_stopped(stopped) => {
                 session.close("the node is stopping");

@@ -26,10 +26,25 @@ pub const SQLITE: &[Migration] = &[
         name: "sync",
         sql: include_str!("../migrations/sqlite/0002_sync.sql"),
     },
+    Migration {
+        version: 3,
+        name: "held_docs",
+        sql: include_str!("../migrations/sqlite/0003_held_docs.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "branch_peers",
+        sql: include_str!("../migrations/sqlite/0004_branch_peers.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "outbox",
+        sql: include_str!("../migrations/sqlite/0005_outbox.sql"),
+    },
 ];
 
 /// The SQLite schema version a fully migrated edge store has.
-pub const SQLITE_VERSION: u32 = SQLITE.len() as u32;
+pub const SQLITE_VERSION: u32 = SQLITE[SQLITE.len() - 1].version;
 
 #[cfg(test)]
 mod tests {

@@ -26,7 +26,8 @@
 use std::collections::BTreeSet;
 
 use automerge::{ActorId, Automerge, Change, sync};
-use cartwise_schema::DeviceId;
+use cartwise_schema::{ChainId, DeviceId};
+use sha2::{Digest, Sha256};
 
 use crate::doc_id::{DocId, DocOwner};
 
@@ -46,6 +47,24 @@ pub fn device_actor(device: &DeviceId) -> ActorId {
     ActorId::from(device.as_uuid().as_bytes())
 }
 
+/// The prefix hashed with a chain's id to derive the hub's actor for that chain.
+const HUB_ACTOR_CONTEXT: &str = "cartwise-hub-actor/";
+
+/// The Automerge actor id the hub writes a chain's intents documents with: the first 16 bytes
+/// of SHA-256(`"cartwise-hub-actor/"` + the chain's hyphenated UUID). Every hub process uses
+/// this one actor; the hub serializes its writes to a document (one row lock per document),
+/// so two processes never write concurrent changes with the same actor and sequence number.
+/// One actor per chain (not per branch) keeps the set a device checks against to one entry.
+pub fn hub_actor(chain: ChainId) -> ActorId {
+    let digest = Sha256::new()
+        .chain_update(HUB_ACTOR_CONTEXT.as_bytes())
+        .chain_update(chain.to_string().as_bytes())
+        .finalize();
+    let mut bytes = [0_u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    ActorId::from(bytes)
+}
+
 /// The actors allowed to write intents documents: the hub's processes' actor ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HubActors(BTreeSet<ActorId>);
@@ -54,6 +73,12 @@ impl HubActors {
     /// The given actors.
     pub fn new(actors: impl IntoIterator<Item = ActorId>) -> Self {
         HubActors(actors.into_iter().collect())
+    }
+
+    /// The hub's actor for `chain` ([`hub_actor`]): what the hub writes intents with and what
+    /// a device of that chain accepts intents from.
+    pub fn for_chain(chain: ChainId) -> Self {
+        HubActors::new([hub_actor(chain)])
     }
 
     /// Whether `actor` is one of them.
@@ -195,4 +220,22 @@ fn decode_chunk(chunk_type: u8, chunk: &[u8], changes: &mut Vec<Change>) -> Resu
         other => return Err(format!("unknown chunk type {other}")),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hub_actor_is_the_hashed_chain_id() {
+        let chain = ChainId::parse("0b1e3c2a-0000-4000-8000-000000000001").unwrap();
+        let expected: [u8; 32] =
+            Sha256::digest("cartwise-hub-actor/0b1e3c2a-0000-4000-8000-000000000001".as_bytes())
+                .into();
+        assert_eq!(hub_actor(chain).to_bytes(), &expected[..16]);
+        let other = ChainId::parse("0b1e3c2a-0000-4000-8000-000000000002").unwrap();
+        assert_ne!(hub_actor(chain), hub_actor(other));
+        assert!(HubActors::for_chain(chain).contains(&hub_actor(chain)));
+        assert!(!HubActors::for_chain(chain).contains(&hub_actor(other)));
+    }
 }

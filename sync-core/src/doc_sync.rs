@@ -5,14 +5,112 @@
 //! A refused message is not applied and leaves the state untouched; the caller reports it
 //! (an `Error` with [`error_code::AUTHORITY`](crate::error_code::AUTHORITY), the audit log) and
 //! the session keeps syncing its other documents.
+//!
+//! Idle messages. Most messages of a reconnect say only "my heads are the heads we last
+//! shared, nothing new" (74 bytes of Automerge, twice the same 32-byte head). `generate`
+//! marks such a message by putting its heads digest in front of it (the *idle form* of a
+//! `SyncBody.data`: [`IDLE_MARKER`], the 16-byte digest, then the whole message); the session
+//! sends just the digest as `SyncIdle` to a peer with the `sync-idle` capability and the whole
+//! message as `Sync` to any other. `receive` rebuilds the message from a digest alone when it
+//! knows heads with that digest; when it does not, it applies nothing and makes the next
+//! message a whole one, so two peers that disagree fall back to the plain protocol and never
+//! loop on digests.
 
 use automerge::sync::{self, SyncDoc};
 use automerge::{AutoCommit, Automerge, AutomergeError, ChangeHash};
+use sha2::{Digest, Sha256};
 
 use crate::authority::{AuthorityError, HubActors, check_sync_message};
 use crate::doc_id::DocId;
 use crate::frame::FRAME_LEN_MAX;
 use crate::message::SyncBody;
+use crate::message::body::{HEADS_DIGEST_LEN, HeadsDigest};
+
+/// First byte of a `SyncBody.data` in idle form. Never the first byte of an Automerge sync
+/// message (`0x42`, `0x43`).
+pub const IDLE_MARKER: u8 = 0x00;
+
+/// Domain separation of [`heads_digest`].
+const HEADS_DIGEST_DOMAIN: &[u8] = b"cartwise-sync-idle/";
+
+/// The digest of a set of heads: the first 16 bytes of SHA-256 over a domain string and the
+/// sorted 32-byte hashes.
+pub fn heads_digest(heads: &[ChangeHash]) -> HeadsDigest {
+    let mut sorted = heads.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let mut hasher = Sha256::new();
+    hasher.update(HEADS_DIGEST_DOMAIN);
+    for head in &sorted {
+        hasher.update(head.0);
+    }
+    let hash = hasher.finalize();
+    let mut digest = [0u8; HEADS_DIGEST_LEN];
+    digest.copy_from_slice(&hash[..HEADS_DIGEST_LEN]);
+    HeadsDigest(digest)
+}
+
+/// The digest and the whole message (possibly empty) of a `SyncBody.data` in idle form, or
+/// `None` for an ordinary Automerge message.
+pub fn idle_parts(data: &[u8]) -> Option<(HeadsDigest, &[u8])> {
+    let (&marker, rest) = data.split_first()?;
+    if marker != IDLE_MARKER || rest.len() < HEADS_DIGEST_LEN {
+        return None;
+    }
+    let (digest, full) = rest.split_at(HEADS_DIGEST_LEN);
+    let digest = <[u8; HEADS_DIGEST_LEN]>::try_from(digest).ok()?;
+    Some((HeadsDigest(digest), full))
+}
+
+/// A `SyncBody.data` in idle form: the marker, the digest, then `full` (empty when only the
+/// digest is known, as for a received `SyncIdle`).
+pub fn idle_form(digest: HeadsDigest, full: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(1 + HEADS_DIGEST_LEN + full.len());
+    data.push(IDLE_MARKER);
+    data.extend_from_slice(&digest.0);
+    data.extend_from_slice(full);
+    data
+}
+
+/// The flags of an idle message: only `supports-sync-reset`.
+fn idle_flags() -> sync::MessageFlags {
+    let mut flags = sync::MessageFlags::new();
+    flags.set(sync::MessageFlags::SUPPORTS_SYNC_RESET);
+    flags
+}
+
+/// The heads of `message` if it is idle: no changes, no needs, one `have` whose `last_sync`
+/// equals the heads, an empty Bloom filter, and only the `supports-sync-reset` flag.
+fn idle_heads(message: &sync::Message) -> Option<Vec<ChangeHash>> {
+    let [have] = message.have.as_slice() else {
+        return None;
+    };
+    let mut heads = message.heads.clone();
+    let mut last_sync = have.last_sync.clone();
+    heads.sort();
+    last_sync.sort();
+    let idle = message.changes.is_empty()
+        && message.need.is_empty()
+        && have.bloom.to_bytes().is_empty()
+        && heads == last_sync
+        && message.flags == Some(idle_flags());
+    idle.then_some(message.heads.clone())
+}
+
+/// The Automerge message an idle digest of `heads` stands for.
+fn idle_message(heads: Vec<ChangeHash>) -> sync::Message {
+    sync::Message {
+        heads: heads.clone(),
+        need: Vec::new(),
+        have: vec![sync::Have {
+            last_sync: heads,
+            bloom: sync::BloomFilter::default(),
+        }],
+        changes: sync::ChunkList::from(Vec::<Vec<u8>>::new()),
+        flags: Some(idle_flags()),
+        version: sync::MessageVersion::V2,
+    }
+}
 
 /// Largest encoded Automerge sync message sent in one `Sync` body: a frame minus room for the
 /// envelope and the document id. Documents are rotated long before they approach it.
@@ -133,6 +231,9 @@ pub struct Received {
 pub struct PeerDocState {
     doc: DocId,
     state: sync::State,
+    /// The peer could not rebuild our last idle digest, or we could not rebuild its: the next
+    /// message goes whole.
+    whole_next: bool,
 }
 
 impl PeerDocState {
@@ -141,6 +242,7 @@ impl PeerDocState {
         PeerDocState {
             doc,
             state: sync::State::new(),
+            whole_next: false,
         }
     }
 
@@ -151,7 +253,11 @@ impl PeerDocState {
             doc,
             reason: error.to_string(),
         })?;
-        Ok(PeerDocState { doc, state })
+        Ok(PeerDocState {
+            doc,
+            state,
+            whole_next: false,
+        })
     }
 
     /// The bytes to persist beside the document (the shared heads: 2 + 32·k bytes).
@@ -165,7 +271,8 @@ impl PeerDocState {
     }
 
     /// The next `Sync` body for the peer, or `None` when there is nothing to send (in sync,
-    /// or waiting for the peer's answer).
+    /// or waiting for the peer's answer). An idle message comes in idle form (see the module
+    /// documentation); `Session::send` picks the wire form.
     pub fn generate(
         &mut self,
         document: &mut impl SyncDocument,
@@ -173,7 +280,13 @@ impl PeerDocState {
         let Some(message) = document.generate_message(&mut self.state) else {
             return Ok(None);
         };
+        let idle = idle_heads(&message).filter(|_| !self.whole_next);
+        self.whole_next = false;
         let data = message.encode();
+        let data = match idle {
+            Some(heads) => idle_form(heads_digest(&heads), &data),
+            None => data,
+        };
         if data.len() > SYNC_DATA_LEN_MAX {
             self.reset_in_flight();
             return Err(DocSyncError::TooLarge {
@@ -202,11 +315,24 @@ impl PeerDocState {
                 found: body.doc,
             });
         }
-        let message =
-            sync::Message::decode(&body.data).map_err(|error| DocSyncError::Malformed {
-                doc: self.doc,
-                reason: error.to_string(),
-            })?;
+        let message = match idle_parts(&body.data) {
+            Some((digest, [])) => {
+                match self.rebuild_idle(document, digest) {
+                    Some(message) => message,
+                    None => {
+                        // Heads we do not know: answer with a whole message.
+                        self.reset_in_flight();
+                        self.whole_next = true;
+                        return Ok(Received {
+                            changes_checked: 0,
+                            heads_changed: false,
+                        });
+                    }
+                }
+            }
+            Some((_, full)) => self.decode_message(full)?,
+            None => self.decode_message(&body.data)?,
+        };
         let changes = check_sync_message(&self.doc, &message, hub_actors)?;
         let before = document.current_heads();
         document
@@ -219,6 +345,32 @@ impl PeerDocState {
             changes_checked: changes.len(),
             heads_changed: document.current_heads() != before,
         })
+    }
+
+    fn decode_message(&self, data: &[u8]) -> Result<sync::Message, DocSyncError> {
+        sync::Message::decode(data).map_err(|error| DocSyncError::Malformed {
+            doc: self.doc,
+            reason: error.to_string(),
+        })
+    }
+
+    /// The idle message of the heads with `digest`, among those this side knows: the heads
+    /// shared with the peer, its own, the peer's last.
+    fn rebuild_idle(
+        &self,
+        document: &mut impl SyncDocument,
+        digest: HeadsDigest,
+    ) -> Option<sync::Message> {
+        let candidates = [
+            Some(self.state.shared_heads.clone()),
+            Some(document.current_heads()),
+            self.state.their_heads.clone(),
+        ];
+        candidates
+            .into_iter()
+            .flatten()
+            .find(|heads| heads_digest(heads) == digest)
+            .map(idle_message)
     }
 
     /// The heads both sides are known to share.

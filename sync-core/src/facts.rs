@@ -10,8 +10,17 @@
 //!                                taken_hlc, end_wall, end_boot, end_mono, end_hlc,
 //!                                start_at, expected_at, end_at, time_trusted,
 //!                                return_post, note } },
-//!   "anomalies": { "<hlc>":    { kind, post, rental, detail, wall, boot, mono } } }
+//!   "anomalies": { "<hlc>":    { kind, post, rental, detail, wall, boot, mono } },
+//!   "outcomes":  { "<intent>": { status, detail, wall, hlc } },
+//!   "returns":   { "<rental>": { origin, post, status, end_at, end_wall, end_boot,
+//!                                end_mono, end_hlc, time_trusted } } }
 //! ```
+//!
+//! `outcomes` answers the branch's intents (`crate::intents`): one entry per intent this device
+//! executed or declined, `status` one of `applied`, `failed`, `expired` ([`OutcomeStatus`]),
+//! `wall` the corrected Unix ms it was decided at. `returns` records carts of rentals started at
+//! another device (`origin`) that docked at one of this device's posts (`post`): the origin
+//! folds it into its own rental, and the hub closes the rental from whichever it sees first.
 //!
 //! `start_at`, `expected_at` and `end_at` are the device's best corrected wall times (Unix ms);
 //! `time_trusted` says whether a trusted clock backed them. A device rewrites them when it
@@ -22,6 +31,8 @@
 
 use automerge::{ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
 use cartwise_schema::{BranchId, DeviceId, RentalId, RentalStatus};
+
+use crate::intents::IntentId;
 
 /// The layout version this reader understands.
 pub const DEVICE_DOC_SCHEMA: i64 = 1;
@@ -34,6 +45,29 @@ pub mod keys {
     pub const POSTS: &str = "posts";
     pub const RENTALS: &str = "rentals";
     pub const ANOMALIES: &str = "anomalies";
+    pub const OUTCOMES: &str = "outcomes";
+    pub const RETURNS: &str = "returns";
+
+    /// Fields of an `outcomes` entry.
+    pub mod outcome {
+        pub const STATUS: &str = "status";
+        pub const DETAIL: &str = "detail";
+        pub const WALL: &str = "wall";
+        pub const HLC: &str = "hlc";
+    }
+
+    /// Fields of a `returns` entry.
+    pub mod ret {
+        pub const ORIGIN: &str = "origin";
+        pub const POST: &str = "post";
+        pub const STATUS: &str = "status";
+        pub const END_AT: &str = "end_at";
+        pub const END_WALL: &str = "end_wall";
+        pub const END_BOOT: &str = "end_boot";
+        pub const END_MONO: &str = "end_mono";
+        pub const END_HLC: &str = "end_hlc";
+        pub const TIME_TRUSTED: &str = "time_trusted";
+    }
 }
 
 /// A post as its device last sensed and decided it.
@@ -80,6 +114,75 @@ pub struct AnomalyFact {
     pub wall: i64,
 }
 
+/// How an intent ended on its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OutcomeStatus {
+    /// The intent was carried out.
+    Applied,
+    /// The intent was tried and did not succeed (`detail` says why).
+    Failed,
+    /// The intent arrived after its `expires_at` and was not carried out.
+    Expired,
+}
+
+impl OutcomeStatus {
+    /// The wire string.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OutcomeStatus::Applied => "applied",
+            OutcomeStatus::Failed => "failed",
+            OutcomeStatus::Expired => "expired",
+        }
+    }
+
+    /// Parses the wire string.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "applied" => Some(OutcomeStatus::Applied),
+            "failed" => Some(OutcomeStatus::Failed),
+            "expired" => Some(OutcomeStatus::Expired),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for OutcomeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The device's answer to one intent of its branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeFact {
+    /// The intent's id, as the intents document keys it.
+    pub intent: IntentId,
+    pub status: OutcomeStatus,
+    pub detail: String,
+    /// Corrected wall time of the decision, Unix ms.
+    pub wall: i64,
+    pub hlc: String,
+}
+
+/// A cart of a rental started at another device that docked at this device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReturnFact {
+    pub rental: RentalId,
+    /// The device that started the rental (and whose document holds it).
+    pub origin: DeviceId,
+    /// The post of this device where the cart docked.
+    pub post: u16,
+    /// `returned` or `returned_late`.
+    pub status: RentalStatus,
+    /// Corrected wall time of the dock, Unix ms.
+    pub end_at: i64,
+    pub end_wall: Option<i64>,
+    pub end_boot: Option<String>,
+    pub end_mono: Option<i64>,
+    pub end_hlc: String,
+    pub time_trusted: bool,
+}
+
 /// Everything a device document says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceFacts {
@@ -89,6 +192,10 @@ pub struct DeviceFacts {
     pub posts: Vec<PostFact>,
     pub rentals: Vec<RentalFact>,
     pub anomalies: Vec<AnomalyFact>,
+    /// Answers to the branch's intents.
+    pub outcomes: Vec<OutcomeFact>,
+    /// Carts of other devices' rentals that docked here.
+    pub returns: Vec<ReturnFact>,
     /// Entries that could not be read (key and reason); the rest was read.
     pub skipped: Vec<(String, String)>,
 }
@@ -125,7 +232,65 @@ pub fn read_device_doc<D: ReadDoc>(doc: &D) -> DeviceFacts {
             key,
         });
     }
+    for (key, obj) in entries(doc, keys::OUTCOMES) {
+        match read_outcome(doc, &key, &obj) {
+            Ok(outcome) => facts.outcomes.push(outcome),
+            Err(reason) => facts.skipped.push((format!("outcomes/{key}"), reason)),
+        }
+    }
+    for (key, obj) in entries(doc, keys::RETURNS) {
+        match read_return(doc, &key, &obj) {
+            Ok(ret) => facts.returns.push(ret),
+            Err(reason) => facts.skipped.push((format!("returns/{key}"), reason)),
+        }
+    }
     facts
+}
+
+fn need(field: &str) -> String {
+    format!("field {field} is missing or of the wrong type")
+}
+
+fn read_outcome<D: ReadDoc>(doc: &D, key: &str, obj: &ObjId) -> Result<OutcomeFact, String> {
+    use keys::outcome as k;
+    let intent = IntentId::parse(key).map_err(|e| e.to_string())?;
+    let status = string(doc, obj, k::STATUS).ok_or_else(|| need(k::STATUS))?;
+    Ok(OutcomeFact {
+        intent,
+        status: OutcomeStatus::parse(&status)
+            .ok_or_else(|| format!("unknown outcome status {status:?}"))?,
+        detail: string(doc, obj, k::DETAIL).unwrap_or_default(),
+        wall: int(doc, obj, k::WALL).ok_or_else(|| need(k::WALL))?,
+        hlc: string(doc, obj, k::HLC).unwrap_or_default(),
+    })
+}
+
+fn read_return<D: ReadDoc>(doc: &D, key: &str, obj: &ObjId) -> Result<ReturnFact, String> {
+    use keys::ret as k;
+    let rental = RentalId::parse(key).map_err(|e| e.to_string())?;
+    let origin = string(doc, obj, k::ORIGIN).ok_or_else(|| need(k::ORIGIN))?;
+    let status = string(doc, obj, k::STATUS).ok_or_else(|| need(k::STATUS))?;
+    let status = RentalStatus::parse(&status).map_err(|e| e.to_string())?;
+    if !matches!(status, RentalStatus::Returned | RentalStatus::ReturnedLate) {
+        return Err(format!("return status {status:?} is not a return"));
+    }
+    let end_wall = int(doc, obj, k::END_WALL);
+    Ok(ReturnFact {
+        rental,
+        origin: DeviceId::parse(&origin).map_err(|e| e.to_string())?,
+        post: uint(doc, obj, k::POST)
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| need(k::POST))?,
+        status,
+        end_at: int(doc, obj, k::END_AT)
+            .or(end_wall)
+            .ok_or_else(|| need(k::END_AT))?,
+        end_wall,
+        end_boot: string(doc, obj, k::END_BOOT),
+        end_mono: int(doc, obj, k::END_MONO),
+        end_hlc: string(doc, obj, k::END_HLC).ok_or_else(|| need(k::END_HLC))?,
+        time_trusted: boolean(doc, obj, k::TIME_TRUSTED).unwrap_or(false),
+    })
 }
 
 fn read_post<D: ReadDoc>(doc: &D, key: &str, obj: &ObjId) -> Option<PostFact> {
@@ -263,5 +428,117 @@ mod tests {
         assert_eq!(facts.rentals[0].expected_at, 1_000 + 120 * 60_000);
         assert_eq!(facts.skipped.len(), 1);
         assert!(facts.device.is_some());
+    }
+
+    #[test]
+    fn outcomes_and_returns_are_read_and_malformed_ones_skipped() {
+        let mut doc = AutoCommit::new();
+        let outcomes = doc.put_object(ROOT, keys::OUTCOMES, ObjType::Map).unwrap();
+        let good = doc
+            .put_object(
+                &outcomes,
+                "01a1ffeb-fcae-72a9-aa32-a6e6c791df01",
+                ObjType::Map,
+            )
+            .unwrap();
+        doc.put(&good, "status", "failed").unwrap();
+        doc.put(&good, "detail", "lock did not open").unwrap();
+        doc.put(&good, "wall", 5_000_i64).unwrap();
+        doc.put(&good, "hlc", "h1").unwrap();
+        let unknown = doc
+            .put_object(
+                &outcomes,
+                "01a1ffeb-fcae-72a9-aa32-a6e6c791df02",
+                ObjType::Map,
+            )
+            .unwrap();
+        doc.put(&unknown, "status", "maybe").unwrap();
+        doc.put(&unknown, "wall", 5_000_i64).unwrap();
+        let badkey = doc.put_object(&outcomes, "x", ObjType::Map).unwrap();
+        doc.put(&badkey, "status", "applied").unwrap();
+
+        let returns = doc.put_object(ROOT, keys::RETURNS, ObjType::Map).unwrap();
+        let ret = doc
+            .put_object(
+                &returns,
+                "01a1ffeb-fcae-72a9-aa32-a6e6c791dff8",
+                ObjType::Map,
+            )
+            .unwrap();
+        doc.put(&ret, "origin", "0b1e3c2a-0000-4000-8000-000000001002")
+            .unwrap();
+        doc.put(&ret, "post", 17_u64).unwrap();
+        doc.put(&ret, "status", "returned_late").unwrap();
+        doc.put(&ret, "end_at", 9_000_i64).unwrap();
+        doc.put(&ret, "end_wall", 8_000_i64).unwrap();
+        doc.put(&ret, "end_hlc", "h2").unwrap();
+        doc.put(&ret, "time_trusted", true).unwrap();
+        let active = doc
+            .put_object(
+                &returns,
+                "01a1ffeb-fcae-72a9-aa32-a6e6c791dff9",
+                ObjType::Map,
+            )
+            .unwrap();
+        doc.put(&active, "origin", "0b1e3c2a-0000-4000-8000-000000001002")
+            .unwrap();
+        doc.put(&active, "post", 17_u64).unwrap();
+        doc.put(&active, "status", "active").unwrap();
+        doc.put(&active, "end_at", 9_000_i64).unwrap();
+        doc.put(&active, "end_hlc", "h3").unwrap();
+        let noorigin = doc
+            .put_object(
+                &returns,
+                "01a1ffeb-fcae-72a9-aa32-a6e6c791dffa",
+                ObjType::Map,
+            )
+            .unwrap();
+        doc.put(&noorigin, "post", 17_u64).unwrap();
+
+        let facts = read_device_doc(&AutoCommit::load(&doc.save()).unwrap());
+        assert_eq!(
+            facts.outcomes,
+            vec![OutcomeFact {
+                intent: crate::intents::IntentId::parse("01a1ffeb-fcae-72a9-aa32-a6e6c791df01")
+                    .unwrap(),
+                status: OutcomeStatus::Failed,
+                detail: "lock did not open".into(),
+                wall: 5_000,
+                hlc: "h1".into(),
+            }]
+        );
+        assert_eq!(facts.returns.len(), 1);
+        let ret = &facts.returns[0];
+        assert_eq!(ret.status, RentalStatus::ReturnedLate);
+        assert_eq!(ret.post, 17);
+        assert_eq!((ret.end_at, ret.end_wall), (9_000, Some(8_000)));
+        assert!(ret.time_trusted);
+        assert_eq!(
+            ret.origin.to_string(),
+            "0b1e3c2a-0000-4000-8000-000000001002"
+        );
+        let mut skipped: Vec<&str> = facts.skipped.iter().map(|(k, _)| k.as_str()).collect();
+        skipped.sort_unstable();
+        assert_eq!(
+            skipped,
+            vec![
+                "outcomes/01a1ffeb-fcae-72a9-aa32-a6e6c791df02",
+                "outcomes/x",
+                "returns/01a1ffeb-fcae-72a9-aa32-a6e6c791dff9",
+                "returns/01a1ffeb-fcae-72a9-aa32-a6e6c791dffa",
+            ]
+        );
+    }
+
+    #[test]
+    fn outcome_statuses_round_trip() {
+        for status in [
+            OutcomeStatus::Applied,
+            OutcomeStatus::Failed,
+            OutcomeStatus::Expired,
+        ] {
+            assert_eq!(OutcomeStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(OutcomeStatus::parse("Applied"), None);
     }
 }

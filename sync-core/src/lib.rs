@@ -40,8 +40,10 @@
 //! | 32 | `Docs` | both | `docs`: [{`doc`, `heads`: [bin 32]}] |
 //! | 33 | `Sync` | both | `doc`, `data`: bin (one `automerge::sync::Message::encode()`) |
 //! | 34 | `SignedHeads` | both, cap `signed-heads` | `doc`, `heads`, `signer`, `signature`: bin |
+//! | 35 | `SyncIdle` | both, minor 1, cap `sync-idle` | `doc`, `digest`: bin 16 |
 //! | 48 | `LedgerAck` | hub → device | `device`, `rentals`: [rental id] |
 //! | 64 | `Telemetry` | to a peer with cap `telemetry` | `events`: [{`kind`, `data_json`, `wall_ms`, `boot`, `mono_ms`}] |
+//! | 65 | `TelemetryAck` | receiver of `Telemetry`, cap `telemetry-ack` | `events`, `last_boot`, `last_mono_ms` |
 //!
 //! (`?` marks a field that may be nil.) Rules:
 //!
@@ -49,7 +51,10 @@
 //!   never assigned; `0xF000..=0xFFFF` is for experiments under an `x-…` capability.
 //! - Bodies evolve only by adding optional fields in a minor version; receivers ignore map
 //!   keys they do not know. Anything else is a new major version (a new ALPN).
-//! - A new kind in a minor version is sent only to a peer that advertised its capability.
+//! - A new kind in a minor version is sent only to a peer that advertised its capability,
+//!   with one exception: an initiator may pipeline `SyncIdle` before the `Welcome` (a
+//!   responder of an older minor skips it, the initiator's minor being higher), and resends
+//!   each one as its whole `Sync` when the `Welcome` does not include `sync-idle`.
 //! - Counts and lengths are capped (`message::body::*_MAX`, e.g. 256 telemetry events per
 //!   batch, 1024 documents per `Docs`); a message over a cap is answered with
 //!   `Error{code: LIMIT}` and otherwise ignored.
@@ -101,6 +106,30 @@
 //! executes an intent and records the outcome in its own facts document. `e<N>` is the
 //! rotation epoch: a live document is replaced by the next epoch to bound its history.
 //!
+//! Layouts (key names are constants in [`facts::keys`] and [`intents::keys`]; readers are
+//! tolerant: a malformed entry is skipped with its reason, never a panic):
+//!
+//! - Device document ([`facts`]): `schema`, `device`, `branch`, `posts`, `rentals`,
+//!   `anomalies`, and two maps that carry answers to other documents:
+//!   `outcomes: { <intent id>: { status: applied|failed|expired, detail, wall, hlc } }` (this
+//!   device's answer to an intent of its branch, at most one per intent) and
+//!   `returns: { <rental id>: { origin, post, status: returned|returned_late, end_at,
+//!   end_wall, end_boot, end_mono, end_hlc, time_trusted } }` (a cart of a rental started at
+//!   device `origin` docked at this device's `post`; the origin closes its rental from it).
+//! - Intents document ([`intents`]): `schema`, `branch`, `intents: { <intent id>: { device,
+//!   kind, post?, minutes?, text?, created_at, created_by, expires_at? } }` with kinds
+//!   `unlock_post`, `out_of_service`, `in_service` (`post`), `set_rental_minutes`
+//!   (`minutes`), `note` (`text`, `post`?). Only the addressed `device` acts on an entry, at
+//!   most once (it records that it is executing durably before acting); an entry read after
+//!   its `expires_at` is answered `expired` and not carried out; an unknown kind is skipped.
+//!   The hub writes every intents document of a chain with one actor,
+//!   [`authority::hub_actor`] (SHA-256 of `cartwise-hub-actor/<chain uuid>`, first 16 bytes),
+//!   which is what a device checks intents against ([`HubActors::for_chain`]).
+//! - Which documents a peer holds: a device holds its own documents, its branch's intents
+//!   document and the other devices' documents of its branch; it accepts another device's
+//!   document only from the hub (which verified it on that device's own session) or from that
+//!   device directly, and the intents document only from the hub.
+//!
 //! - The peers exchange `Docs` (what each holds, with heads) when the set of documents is not
 //!   known; the receiver starts sync for each listed document the sender is *entitled* to
 //!   (same chain and branch per its certificate) and answers others with
@@ -111,6 +140,23 @@
 //!   send a new one after a local change. Each side persists the per-(peer, document) sync
 //!   state (`PeerDocState::encode`, 2 + 32·k bytes for k shared heads) so a reconnect resumes:
 //!   an idle reconnect costs one `Sync` each way per document.
+//! - Idle messages (minor 1, capability `sync-idle`): an Automerge message that says only
+//!   "my heads are the ones we last shared, nothing new" (no changes, no `need`, one `have`
+//!   whose `last_sync` equals the `heads`, an empty Bloom filter, only the
+//!   `supports-sync-reset` flag) is sent as `SyncIdle{doc, digest}`, the digest being the
+//!   first 16 bytes of SHA-256 over `cartwise-sync-idle/` and the sorted heads. The receiver
+//!   rebuilds the message from heads it knows with that digest (its shared heads with the
+//!   sender, its own heads, the sender's last heads) and applies it as usual; if none match it
+//!   applies nothing and answers with a whole `Sync` (never another `SyncIdle`), and the
+//!   protocol proceeds as without persisted state. An idle reconnect is then about 87 bytes
+//!   each way per document instead of about 147. The initiator need not send `Docs` for
+//!   documents it resumes with persisted sync states: a `Sync`/`SyncIdle` opens a document's
+//!   exchange by itself; `Docs` is for documents whose set is not known.
+//! - Rotation: a device starts epoch N+1 of its document when its history outgrew it (the
+//!   edge's `live.rs` says when and why it is safe); epoch N is frozen and still synced until
+//!   the hub holds its final heads. The hub accepts any epoch of the device's own id; a
+//!   reader of a device's facts takes the newest epoch it holds, and a projection never lets
+//!   an older epoch undo what a newer one said (a closed rental stays closed).
 //! - Before a received `Sync` is applied, every change it carries is decoded and checked
 //!   ([`authority`]): a device document accepts only the owning device's actor id (its UUID's
 //!   16 bytes), an intents document only the hub's actors. A refused message is not applied;
@@ -121,9 +167,18 @@
 //!   is covered by the certificate (a device may only send changes to its own document); a
 //!   relayed change is accepted only when it is covered by heads the owner signed
 //!   (`SignedHeads`, [`signed_heads`]).
-//! - `LedgerAck{device, rentals}`: the hub holds these closed rentals durably; the device may
-//!   drop them from its live document. Idempotent.
-//! - `Telemetry`: batched events, at most 256 per message, each with its own clocks.
+//! - `LedgerAck{device, rentals}`: the hub holds these closed rentals — started or returned
+//!   at this device — durably; the device may drop them from its live document: a rental it
+//!   started from `rentals`, a cart of another device's rental that docked here from
+//!   `returns`. The hub acknowledges a return only once its rental is closed in the hub's
+//!   store and the origin device's own document shows it closed (the origin no longer needs
+//!   the fact). Idempotent.
+//! - `Telemetry`: batched events, at most 256 per message, each with its own clocks. With
+//!   the `telemetry-ack` capability the receiver answers each batch, in order, with
+//!   `TelemetryAck` once it holds it (or closes the session if it cannot store it), and the
+//!   sender keeps a batch until then. Delivery is at least once: a sender gives two events of
+//!   one kind distinct (`boot`, `mono_ms`), and the receiver deduplicates on
+//!   (sender, `boot`, `mono_ms`, `kind`).
 //!
 //! Delivery is idempotent throughout: Automerge ignores changes it has, `LedgerAck` and
 //! telemetry carry ids or are deduplicated by the receiver, so replaying a session changes
@@ -135,11 +190,12 @@ pub mod doc_id;
 pub mod doc_sync;
 pub mod facts;
 pub mod frame;
+pub mod intents;
 pub mod message;
 pub mod session;
 pub mod signed_heads;
 
-pub use authority::{AuthorityError, HubActors, check_changes, device_actor};
+pub use authority::{AuthorityError, HubActors, check_changes, device_actor, hub_actor};
 pub use codes::{error_code, refusal};
 pub use doc_id::{DocId, DocIdError, DocOwner};
 pub use doc_sync::{DocSyncError, PeerDocState, SyncDocument};

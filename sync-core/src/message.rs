@@ -24,7 +24,7 @@ mod limits;
 
 pub use body::{
     Busy, Bye, DocHeads, Docs, ErrorBody, Head, Heartbeat, HeartbeatAck, Hello, LedgerAck, Refused,
-    Role, SyncBody, Telemetry, TelemetryEvent, Welcome,
+    Role, SyncBody, SyncIdle, Telemetry, TelemetryAck, TelemetryEvent, Welcome,
 };
 pub use limits::LimitError;
 
@@ -63,15 +63,19 @@ pub enum MessageKind {
     Sync = 33,
     /// [`SignedHeads`]: a writer's signature over a document's heads.
     SignedHeads = 34,
+    /// [`SyncIdle`]: an idle sync message by heads digest; minor 1, cap `sync-idle`.
+    SyncIdle = 35,
     /// [`LedgerAck`]: closed rentals durable at the hub.
     LedgerAck = 48,
     /// [`Telemetry`]: a batch of telemetry events.
     Telemetry = 64,
+    /// [`TelemetryAck`]: a telemetry batch is held; cap `telemetry-ack`.
+    TelemetryAck = 65,
 }
 
 impl MessageKind {
     /// Every kind of protocol version 1, in tag order.
-    pub const ALL_V1: [MessageKind; 13] = [
+    pub const ALL_V1: [MessageKind; 15] = [
         MessageKind::Hello,
         MessageKind::Welcome,
         MessageKind::Busy,
@@ -83,8 +87,10 @@ impl MessageKind {
         MessageKind::Docs,
         MessageKind::Sync,
         MessageKind::SignedHeads,
+        MessageKind::SyncIdle,
         MessageKind::LedgerAck,
         MessageKind::Telemetry,
+        MessageKind::TelemetryAck,
     ];
 
     /// The wire tag.
@@ -111,8 +117,10 @@ impl MessageKind {
             MessageKind::Docs => "docs",
             MessageKind::Sync => "sync",
             MessageKind::SignedHeads => "signed_heads",
+            MessageKind::SyncIdle => "sync_idle",
             MessageKind::LedgerAck => "ledger_ack",
             MessageKind::Telemetry => "telemetry",
+            MessageKind::TelemetryAck => "telemetry_ack",
         }
     }
 }
@@ -142,10 +150,14 @@ pub enum Message {
     Sync(SyncBody),
     /// See [`SignedHeads`].
     SignedHeads(SignedHeads),
+    /// See [`SyncIdle`].
+    SyncIdle(SyncIdle),
     /// See [`LedgerAck`].
     LedgerAck(LedgerAck),
     /// See [`Telemetry`].
     Telemetry(Telemetry),
+    /// See [`TelemetryAck`].
+    TelemetryAck(TelemetryAck),
     /// A well-formed envelope with a tag this version does not know; `body` is kept opaque.
     Unknown {
         /// The unknown tag.
@@ -216,8 +228,10 @@ impl Message {
             Message::Docs(_) => MessageKind::Docs,
             Message::Sync(_) => MessageKind::Sync,
             Message::SignedHeads(_) => MessageKind::SignedHeads,
+            Message::SyncIdle(_) => MessageKind::SyncIdle,
             Message::LedgerAck(_) => MessageKind::LedgerAck,
             Message::Telemetry(_) => MessageKind::Telemetry,
+            Message::TelemetryAck(_) => MessageKind::TelemetryAck,
             Message::Unknown { .. } => return None,
         })
     }
@@ -246,10 +260,12 @@ impl Message {
             Message::Heartbeat(body) => to_named(body),
             Message::HeartbeatAck(body) => to_named(body),
             Message::Docs(body) => to_named(body),
-            Message::Sync(body) => to_named(body),
+            Message::Sync(body) => sync_wire_body(body),
             Message::SignedHeads(body) => to_named(body),
+            Message::SyncIdle(body) => to_named(body),
             Message::LedgerAck(body) => to_named(body),
             Message::Telemetry(body) => to_named(body),
+            Message::TelemetryAck(body) => to_named(body),
             Message::Unknown { body, .. } => Ok(body.clone()),
         }?;
         to_named(&Envelope {
@@ -298,9 +314,28 @@ fn decode_body(kind: MessageKind, body: &[u8]) -> Result<Message, rmp_serde::dec
         MessageKind::Docs => Message::Docs(from_strict(body)?),
         MessageKind::Sync => Message::Sync(from_strict(body)?),
         MessageKind::SignedHeads => Message::SignedHeads(from_strict(body)?),
+        MessageKind::SyncIdle => Message::SyncIdle(from_strict(body)?),
         MessageKind::LedgerAck => Message::LedgerAck(from_strict(body)?),
         MessageKind::Telemetry => Message::Telemetry(from_strict(body)?),
+        MessageKind::TelemetryAck => Message::TelemetryAck(from_strict(body)?),
     })
+}
+
+/// A `Sync` body as it goes on the wire: always one whole Automerge sync message. A body in
+/// the in-memory idle form (`doc_sync`, from `PeerDocState::generate`) carries its whole
+/// message after the digest, which is what is sent; an idle form without it (one rebuilt from a
+/// received `SyncIdle`) cannot be sent as `Sync`.
+fn sync_wire_body(body: &SyncBody) -> Result<Vec<u8>, MessageError> {
+    match crate::doc_sync::idle_parts(&body.data) {
+        None => to_named(body),
+        Some((_, full)) if !full.is_empty() => to_named(&SyncBody {
+            doc: body.doc,
+            data: full.to_vec(),
+        }),
+        Some(_) => Err(MessageError::Encode {
+            reason: "an idle sync digest without its message cannot be sent as Sync".to_owned(),
+        }),
+    }
 }
 
 /// `rmp_serde::to_vec_named`, with the error as a [`MessageError`].

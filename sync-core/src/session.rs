@@ -12,9 +12,11 @@ use std::collections::VecDeque;
 
 use cartwise_schema::ClockReading;
 
+use crate::doc_sync::idle_parts;
 use crate::frame::{FEED_CHUNK_LEN_MAX, FrameDecoder};
 use crate::message::{
-    Busy, Bye, ErrorBody, Heartbeat, HeartbeatAck, Hello, Message, Refused, Role, Welcome,
+    Busy, Bye, ErrorBody, Heartbeat, HeartbeatAck, Hello, Message, Refused, Role, SyncBody,
+    SyncIdle, Welcome,
 };
 use crate::{error_code, refusal};
 
@@ -66,6 +68,9 @@ pub struct Session {
     held: VecDeque<Message>,
     /// Initiator: messages sent before the `Welcome`.
     pipelined: usize,
+    /// Initiator: whole messages of the `SyncIdle`s pipelined before the `Welcome`, resent as
+    /// `Sync` if the responder does not speak `sync-idle` (at most [`PIPELINED_MAX`]).
+    idle_pipelined: Vec<SyncBody>,
     violations: u32,
     /// Monotonic deadline of the handshake.
     handshake_deadline_ms: u64,
@@ -110,6 +115,7 @@ impl Session {
             outputs: VecDeque::new(),
             held: VecDeque::new(),
             pipelined: 0,
+            idle_pipelined: Vec::new(),
             violations: 0,
             last_received_ms: now_ms,
             next_heartbeat_ms: u64::MAX,
@@ -201,9 +207,15 @@ impl Session {
 
     /// Sends an application message: `Docs`, `Sync`, `SignedHeads`, `LedgerAck`, `Telemetry`
     /// or `Error`. An initiator may pipeline up to [`PIPELINED_MAX`] `Docs`/`Sync` messages
-    /// before the `Welcome`.
+    /// before the `Welcome`. A `Sync` body in idle form (`doc_sync`) goes as `SyncIdle` when
+    /// the peer speaks `sync-idle` (or, pipelined, may: it is resent whole if the `Welcome`
+    /// says otherwise), else as its whole message.
     pub fn send(&mut self, message: Message) -> Result<(), SessionError> {
         self.ensure_open()?;
+        let message = match message {
+            Message::Sync(body) => self.sync_wire_form(body),
+            other => other,
+        };
         let kind = message
             .kind()
             .ok_or(SessionError::UnknownKind { tag: message.tag() })?;
@@ -214,6 +226,52 @@ impl Session {
         }
         self.push(Output::Send(frame))?;
         Ok(())
+    }
+
+    /// The form a `Sync` body goes out in (see [`Session::send`]).
+    fn sync_wire_form(&mut self, body: SyncBody) -> Message {
+        let Some((digest, full)) = idle_parts(&body.data) else {
+            return Message::Sync(body);
+        };
+        let idle = Message::SyncIdle(SyncIdle {
+            doc: body.doc,
+            digest,
+        });
+        let offered = self
+            .config
+            .capabilities
+            .iter()
+            .any(|cap| cap == capability::SYNC_IDLE);
+        let whole = SyncBody {
+            doc: body.doc,
+            data: full.to_vec(),
+        };
+        if self.phase == Phase::Established {
+            if self.has_capability(capability::SYNC_IDLE) || full.is_empty() {
+                return idle;
+            }
+            return Message::Sync(whole);
+        }
+        if self.config.side == Side::Initiator
+            && offered
+            && !full.is_empty()
+            && self.idle_pipelined.len() < PIPELINED_MAX
+        {
+            self.idle_pipelined.push(whole);
+            return idle;
+        }
+        Message::Sync(whole)
+    }
+
+    /// Initiator, on `Welcome`: resends whole the `SyncIdle`s the responder cannot read.
+    fn settle_idle_pipelined(&mut self) {
+        let pipelined = std::mem::take(&mut self.idle_pipelined);
+        if self.has_capability(capability::SYNC_IDLE) {
+            return;
+        }
+        for body in pipelined {
+            self.queue_message(&Message::Sync(body));
+        }
     }
 
     /// Responder: accepts the peer after `PeerHello`; sends `Welcome` with this node's clock.

@@ -74,7 +74,7 @@ fn handshake_negotiates_and_samples_the_trusted_clock() {
     assert_eq!(
         hub_events,
         vec![SessionEvent::Established {
-            protocol_minor: 0,
+            protocol_minor: cartwise_sync_core::session::PROTOCOL_MINOR,
             capabilities: vec!["telemetry".into()]
         }]
     );
@@ -299,9 +299,9 @@ fn unknown_kinds_are_violations_unless_the_peer_is_newer() {
     assert_eq!(error.reason, "unknown message tag 200");
     drop(device);
 
-    // A device that speaks minor 1 may send kinds this version does not know.
+    // A device that speaks a newer minor may send kinds this version does not know.
     let mut config = SessionConfig::new(Side::Initiator);
-    config.protocol_minor = 1;
+    config.protocol_minor = cartwise_sync_core::session::PROTOCOL_MINOR + 1;
     let mut newer = Session::new(
         config,
         common::device_identity(common::device_a()),

@@ -18,7 +18,6 @@ use cartwise_edge_node::identity::{self, EdgeIdentity};
 use cartwise_edge_node::sim_board::{self, Listen, SimHandle, SimOptions};
 use cartwise_fixtures::clock::ManualClock;
 use cartwise_schema::{BranchId, DeviceId};
-use cartwise_sync_core::HubActors;
 use cartwise_sync_core::identity::parse_sha256_fingerprint;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
@@ -61,14 +60,16 @@ pub struct Hub {
 
 /// Starts the hub's QUIC endpoint with the real sync server.
 pub async fn start_hub(pool: &PgPool) -> Hub {
-    let server = Arc::new(SyncServer {
-        pool: pool.clone(),
-        clock: Arc::new(HubClock::new()),
-        hub_actors: HubActors::new([]),
-    });
+    start_hub_at(pool, loopback()).await
+}
+
+/// Starts the hub's QUIC endpoint with the real sync server on `listen` (e.g. the address a
+/// stopped hub had, which enrolled edges dial).
+pub async fn start_hub_at(pool: &PgPool, listen: SocketAddr) -> Hub {
+    let server = SyncServer::new(pool.clone(), Arc::new(HubClock::new()));
     let (stop, stopped) = oneshot::channel::<()>();
     let config = QuicConfig {
-        listen: loopback(),
+        listen,
         ..QuicConfig::default()
     };
     let handle = quic::spawn(config, pool.clone(), server.handler(), async move {
@@ -79,6 +80,16 @@ pub async fn start_hub(pool: &PgPool) -> Hub {
     Hub {
         handle,
         _stop: stop,
+    }
+}
+
+impl Hub {
+    /// Stops the hub's endpoint and waits until it has shut down; returns its address.
+    pub async fn stop(self) -> SocketAddr {
+        let addr = self.handle.local_addr;
+        let _ = self._stop.send(());
+        self.handle.stopped().await;
+        addr
     }
 }
 
@@ -125,6 +136,18 @@ impl Station {
         boards: u8,
         wall_ms: i64,
     ) -> Station {
+        Self::start_with(dir, device, branch, boards, wall_ms, |_| {}).await
+    }
+
+    /// [`Station::start`] with the edge's config adjusted by `adjust` (LAN peers, post numbers).
+    pub async fn start_with(
+        dir: &Path,
+        device: DeviceId,
+        branch: BranchId,
+        boards: u8,
+        wall_ms: i64,
+        adjust: impl FnOnce(&mut EdgeConfig),
+    ) -> Station {
         let (sim_stop, sim_stopped) = oneshot::channel::<()>();
         let options = SimOptions {
             boards,
@@ -147,6 +170,7 @@ impl Station {
         config.bus.uri = sim.bus_uri().to_string();
         config.bus.boards = (0..boards).collect();
         config.bus.poll_interval_ms = 100;
+        adjust(&mut config);
         let clock = Arc::new(ManualClock::new(wall_ms));
         let (edge_stop, edge_stopped) = oneshot::channel::<()>();
         let edge = daemon::spawn(config, clock.clone(), async move {

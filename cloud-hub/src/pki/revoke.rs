@@ -82,6 +82,28 @@ pub async fn revoke_device(pool: &PgPool, device: DeviceId) -> Result<RevokeOutc
     .execute(&mut *tx)
     .await
     .map_err(db("voiding a device's enrollment codes"))?;
+    // The branch's peers learn it from the intents document (they refuse the device on the
+    // LAN without the hub). A damaged document does not stop the revocation: a savepoint.
+    let at_ms = chrono::Utc::now().timestamp_millis();
+    let mut savepoint = sqlx::Connection::begin(&mut *tx)
+        .await
+        .map_err(db("revoking a device"))?;
+    match crate::enroll::put_revoked_in_intents(&mut savepoint, device, at_ms).await {
+        Ok(_) => savepoint
+            .commit()
+            .await
+            .map_err(db("recording the revocation for the branch"))?,
+        Err(crate::enroll::RevocationDocError::Db { what, source }) => {
+            return Err(PkiError::Db { what, source });
+        }
+        Err(error) => {
+            tracing::error!(%device, %error, "revocation not written into the intents document");
+            savepoint
+                .rollback()
+                .await
+                .map_err(db("recording the revocation for the branch"))?;
+        }
+    }
     tx.commit().await.map_err(db("revoking a device"))?;
     Ok(RevokeOutcome::Revoked { certificates })
 }

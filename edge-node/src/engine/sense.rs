@@ -1,5 +1,6 @@
 //! What the bus senses, turned into facts: hook and presence changes, docks that close
-//! rentals, carts leaving, and the reconciliation of rentals left `unlocking`.
+//! rentals (also rentals started at another Pi of the branch, recorded as `returns` through
+//! `fold`), carts leaving, and the reconciliation of rentals left `unlocking`.
 
 use cartwise_schema::{
     AnomalyKind, BoardAddr, HookState, LockNo, PostNo, RentalId, RentalStatus, Stamp,
@@ -7,7 +8,7 @@ use cartwise_schema::{
 use rusqlite::Connection;
 use serde_json::json;
 
-use super::{EdgeState, Engine};
+use super::{EdgeState, Engine, fold};
 use crate::cu16::{BoardStatus, PollEvent};
 use crate::ledger::{self, RentalRow, Service};
 use crate::store::StoreError;
@@ -184,7 +185,8 @@ impl Engine {
             .await
     }
 
-    /// Periodic upkeep: lapse old reservations, record the boot's progress, reconcile.
+    /// Periodic upkeep: lapse old reservations, record the boot's progress, reconcile, run the
+    /// intents still waiting (`engine/intents.rs`).
     pub async fn tick(&self) -> Result<(), StoreError> {
         let reading = self.clock.read();
         self.store
@@ -199,7 +201,8 @@ impl Engine {
                 state.finish(tx)
             })
             .await?;
-        self.reconcile().await
+        self.reconcile().await?;
+        self.execute_intents().await.map(|_| ())
     }
 }
 
@@ -229,7 +232,10 @@ fn sensed(
         || (hook_now == HookState::Latched
             && before.hook == HookState::Open
             && present_now == Some(true));
-    if just_docked {
+    if just_docked && super::intents::maintenance_opened(tx, &before)? {
+        // A maintenance unlock's cart latched back: the technician's, not a return.
+        ledger::append_event(tx, "maintenance_docked", None, Some(post), &json!({}), at)?;
+    } else if just_docked {
         dock(tx, state, post, at)?;
     } else if hook_now == HookState::Open
         && before.hook == HookState::Latched
@@ -322,6 +328,17 @@ fn dock(
         Some(reservation) => Some((reservation.rental, "reserved post")),
         None => match_unreserved(tx)?,
     };
+    // A rental started at another Pi of the branch: this device records the return.
+    let matched = match matched {
+        Some((id, how)) if ledger::rental(tx, id)?.is_none() => {
+            if fold::close_foreign(tx, state, id, post, how, at)? {
+                return Ok(());
+            }
+            ledger::unreserve(tx, id)?;
+            None
+        }
+        other => other,
+    };
     let Some((rental_id, how)) = matched else {
         ledger::append_event(
             tx,
@@ -333,7 +350,7 @@ fn dock(
         )?;
         let open =
             ledger::rentals_where(tx, "status = 'active' AND taken_hlc IS NOT NULL", &[], 2, 0)?;
-        if !open.is_empty() {
+        if !open.is_empty() || fold::peer_carts_out(tx)? > 1 {
             state.anomaly(
                 tx,
                 AnomalyKind::UnmatchedDock,
@@ -349,7 +366,8 @@ fn dock(
 }
 
 /// A dock at a post nobody reserved matches a rental only when exactly one candidate exists:
-/// the only return in progress, else the only cart out.
+/// the only return in progress, else the only cart out here, else (none out here) the only
+/// cart out at the branch's other Pis.
 fn match_unreserved(tx: &Connection) -> Result<Option<(RentalId, &'static str)>, StoreError> {
     let reserved: Vec<RentalId> = {
         let mut stmt = tx.prepare_cached("SELECT rental_id FROM return_reservations LIMIT 2")?;
@@ -367,6 +385,7 @@ fn match_unreserved(tx: &Connection) -> Result<Option<(RentalId, &'static str)>,
     let out = ledger::rentals_where(tx, "status = 'active' AND taken_hlc IS NOT NULL", &[], 2, 0)?;
     Ok(match out.as_slice() {
         [only] => Some((only.id, MATCHED_ONLY_OPEN)),
+        [] => fold::only_peer_cart_out(tx)?.map(|only| (only.id, fold::MATCHED_ONLY_BRANCH)),
         _ => None,
     })
 }

@@ -41,16 +41,53 @@ fn save_state(conn: &Connection, peer: &str, state: &PeerDocState) -> Result<(),
     Ok(())
 }
 
+/// Drops from the live document the acknowledged rentals that are closed here and the
+/// acknowledged `returns` entries; returns how many entries left.
+fn drop_acked(
+    tx: &Connection,
+    state: &mut EdgeState,
+    rentals: &[RentalId],
+    reading: ClockReading,
+) -> Result<usize, StoreError> {
+    let mut dropped = 0;
+    for &id in rentals {
+        let closed = ledger::rental(tx, id)?.is_some_and(|r| !r.status.is_open());
+        if closed && state.live.has_rental(id) {
+            state.live.remove_rental(id)?;
+            dropped += 1;
+        }
+        if state.live.has_return(id) {
+            state.live.remove_return(id)?;
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        let at = state.stamp(tx, reading)?;
+        ledger::append_event(
+            tx,
+            "hub_acknowledged",
+            None,
+            None,
+            &json!({ "rentals": dropped }),
+            &at,
+        )?;
+    }
+    Ok(dropped)
+}
+
 impl EdgeState {
     fn own_doc(&self) -> DocId {
-        DocId::device(self.device())
+        self.live.doc_id()
     }
 }
 
 impl Engine {
-    /// The id of this device's live document.
+    /// The id of this device's live document: its current epoch (see `live.rs`, rotation).
     pub fn document_id(&self) -> DocId {
-        DocId::device(self.config.device)
+        DocId::Device {
+            device: self.config.device,
+            epoch: self.epoch.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// Wakes whenever the live document gained changes.
@@ -81,6 +118,9 @@ impl Engine {
         peer: String,
         body: SyncBody,
     ) -> Result<Option<SyncBody>, StoreError> {
+        if body.doc != self.document_id() && self.is_retired_document(body.doc).await? {
+            return self.sync_receive_retired(peer, body).await;
+        }
         self.store
             .transact(move |tx, state| {
                 let doc = state.own_doc();
@@ -102,30 +142,15 @@ impl Engine {
     }
 
     /// The hub holds these closed rentals: they leave the live document (their rows stay in
-    /// the ledger). Open rentals are never dropped, whatever a peer says.
+    /// the ledger). Open rentals are never dropped, whatever a peer says. A rental of another
+    /// device whose cart docked here leaves the document's `returns` too: the hub acknowledges
+    /// one only once it holds the rental closed and its origin's own document shows it closed,
+    /// so the origin no longer needs this device's fact.
     pub async fn ledger_acked(&self, rentals: Vec<RentalId>) -> Result<usize, StoreError> {
         let reading = self.clock.read();
         self.store
             .transact(move |tx, state| {
-                let mut dropped = 0;
-                for id in rentals {
-                    let closed = ledger::rental(tx, id)?.is_some_and(|r| !r.status.is_open());
-                    if closed && state.live.has_rental(id) {
-                        state.live.remove_rental(id)?;
-                        dropped += 1;
-                    }
-                }
-                if dropped > 0 {
-                    let at = state.stamp(tx, reading)?;
-                    ledger::append_event(
-                        tx,
-                        "hub_acknowledged",
-                        None,
-                        None,
-                        &json!({ "rentals": dropped }),
-                        &at,
-                    )?;
-                }
+                let dropped = drop_acked(tx, state, &rentals, reading)?;
                 state.finish(tx)?;
                 Ok(dropped)
             })
@@ -162,5 +187,90 @@ impl Engine {
                 Ok(offset_ms)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cartwise_schema::{
+        BranchId, DeviceId, MonoMillis, Phone, PostNo, RentalStatus, WallMillis,
+    };
+
+    use super::*;
+    use crate::store::open_connection;
+
+    const WALL: i64 = 1_800_000_000_000;
+
+    fn reading(mono: u64) -> ClockReading {
+        ClockReading {
+            wall: WallMillis::new(WALL + i64::try_from(mono).unwrap()),
+            boot: cartwise_fixtures::clock::boot_id(1),
+            mono: MonoMillis::new(mono),
+        }
+    }
+
+    #[test]
+    fn an_acknowledgement_drops_closed_rentals_and_returns_docked_here_but_never_open_rentals() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(&dir.path().join("edge.db")).unwrap();
+        conn.execute("INSERT INTO posts (post, board, lock) VALUES (1, 0, 1)", [])
+            .unwrap();
+        conn.execute("INSERT INTO posts (post, board, lock) VALUES (2, 0, 2)", [])
+            .unwrap();
+        let me = DeviceId::parse("0b1e3c2a-0000-4000-8000-000000001001").unwrap();
+        let origin = DeviceId::parse("0b1e3c2a-0000-4000-8000-000000001002").unwrap();
+        let branch = BranchId::parse("0b1e3c2a-0000-4000-8000-000000000101").unwrap();
+        let mut state = EdgeState::load(&conn, me, branch).unwrap();
+        let at = state.stamp(&conn, reading(1_000)).unwrap();
+        let rental = |n: u8, post: u16, status| ledger::RentalRow {
+            id: RentalId::from_parts(u64::try_from(WALL).unwrap(), [n; 10]),
+            phone: Phone::parse("0521234567").unwrap(),
+            post: PostNo::new(post).unwrap(),
+            status,
+            rental_minutes: 120,
+            start: at,
+            taken: Some(at.hlc),
+            end: (status != RentalStatus::Active).then_some(at),
+            return_post: None,
+            note: None,
+        };
+        let closed = rental(1, 1, RentalStatus::Returned);
+        let open = rental(2, 2, RentalStatus::Active);
+        for row in [&closed, &open] {
+            ledger::insert_rental(&conn, row).unwrap();
+            state.live.put_rental(row, &state.timeline).unwrap();
+        }
+        // A cart of `origin`'s rental docked here.
+        let foreign = RentalId::from_parts(u64::try_from(WALL).unwrap(), [3; 10]);
+        state
+            .live
+            .put_return(
+                foreign,
+                origin,
+                PostNo::new(2).unwrap(),
+                RentalStatus::Returned,
+                &at,
+                WALL + 60_000,
+                true,
+            )
+            .unwrap();
+        assert!(state.live.has_return(foreign));
+
+        let acked = [closed.id, open.id, foreign];
+        let dropped = drop_acked(&conn, &mut state, &acked, reading(2_000)).unwrap();
+        assert_eq!(dropped, 2);
+        assert!(!state.live.has_rental(closed.id));
+        assert!(
+            state.live.has_rental(open.id),
+            "an open rental is never dropped"
+        );
+        assert!(!state.live.has_return(foreign));
+        let facts = cartwise_sync_core::facts::read_device_doc(state.live.doc());
+        assert!(facts.returns.is_empty());
+        // Idempotent: a repeated acknowledgement drops nothing more.
+        assert_eq!(
+            drop_acked(&conn, &mut state, &acked, reading(3_000)).unwrap(),
+            0
+        );
     }
 }

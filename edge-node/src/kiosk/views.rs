@@ -188,6 +188,25 @@ pub async fn anomalies(
     Ok(Json(Value::Array(list)))
 }
 
+/// `GET /api/v1/intents`: the hub's intents this device executed (newest first) and the
+/// staff notes they left.
+pub async fn intents(
+    State(kiosk): State<Arc<Kiosk>>,
+    lang: Lang,
+) -> Result<Json<Value>, KioskError> {
+    let runs = kiosk
+        .engine
+        .intent_runs()
+        .await
+        .map_err(|e| KioskError::store(lang, e))?;
+    let notes = kiosk
+        .engine
+        .staff_notes()
+        .await
+        .map_err(|e| KioskError::store(lang, e))?;
+    Ok(Json(json!({ "runs": runs, "notes": notes })))
+}
+
 pub async fn stats_summary(
     State(kiosk): State<Arc<Kiosk>>,
     lang: Lang,
@@ -212,6 +231,7 @@ pub async fn health(State(kiosk): State<Arc<Kiosk>>) -> (StatusCode, Json<Value>
     let engine = &kiosk.engine;
     let rs485 = engine.bus_connected();
     let counts = engine.health_counts().await;
+    let firmware = engine.firmware().await.ok();
     let now = engine.corrected_now().await.ok();
     let database_ok = counts.is_ok();
     let (total_carts, available_carts, active_rentals) = counts.unwrap_or_default();
@@ -238,10 +258,15 @@ pub async fn health(State(kiosk): State<Arc<Kiosk>>) -> (StatusCode, Json<Value>
             "total_carts": total_carts,
             "database": if database_ok { "ok" } else { "failing" },
             "hub_connected": kiosk.hub.connected(),
+            "lan_peers_connected": kiosk.lan.connected(),
             "mode": if kiosk.hub.connected() { "online" } else { "offline" },
             "device_id": engine.config().device.to_string(),
             "device_name": kiosk.device_name,
             "version": env!("CARGO_PKG_VERSION"),
+            "firmware": {
+                "current": env!("CARGO_PKG_VERSION"),
+                "desired": firmware.and_then(|f| f.desired),
+            },
         })),
     )
 }

@@ -210,6 +210,42 @@ pub struct SyncBody {
     pub data: Vec<u8>,
 }
 
+/// Length of a [`HeadsDigest`].
+pub const HEADS_DIGEST_LEN: usize = 16;
+
+/// The first 16 bytes of SHA-256 over a document's sorted heads
+/// ([`crate::doc_sync::heads_digest`]), on the wire as MessagePack `bin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HeadsDigest(pub [u8; HEADS_DIGEST_LEN]);
+
+impl Serialize for HeadsDigest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for HeadsDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde_bytes::ByteArray::<HEADS_DIGEST_LEN>::deserialize(deserializer)
+            .map(|bytes| HeadsDigest(bytes.into_array()))
+    }
+}
+
+/// An idle Automerge sync message in a few bytes (minor 1, capability `sync-idle`): "my heads
+/// are the heads with this digest, they are the heads we last shared, and I have nothing new".
+/// It stands for the Automerge message whose `heads` and only `have.last_sync` are those
+/// heads, with an empty Bloom filter, no `need`, no changes and the `supports-sync-reset`
+/// flag; the receiver rebuilds that message from the heads it knows (its shared heads with the
+/// sender, its own heads, or the sender's last heads). If none matches, it answers with a full
+/// `Sync`, which the protocol then resolves as usual.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncIdle {
+    /// The document.
+    pub doc: DocId,
+    /// The digest of the sender's heads.
+    pub digest: HeadsDigest,
+}
+
 /// The hub holds these closed rentals of `device` durably (in Postgres); the device may drop
 /// them from its live document. Idempotent: acknowledging twice changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,4 +276,19 @@ pub struct TelemetryEvent {
 pub struct Telemetry {
     /// The events, oldest first.
     pub events: Vec<TelemetryEvent>,
+}
+
+/// The receiver holds the oldest `Telemetry` batch of this session not yet acknowledged
+/// (stored, or already held from an earlier delivery); the sender may forget it. Batches are
+/// acknowledged in the order they were sent; the count and the last event's clocks let the
+/// sender check which batch is meant. A receiver that cannot store a batch closes the session
+/// instead, so the sender sends it again later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TelemetryAck {
+    /// Events in the acknowledged batch.
+    pub events: u32,
+    /// The boot of its last event.
+    pub last_boot: BootId,
+    /// The monotonic time of its last event.
+    pub last_mono_ms: MonoMillis,
 }

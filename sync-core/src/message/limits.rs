@@ -83,6 +83,8 @@ pub(super) fn check(message: &Message) -> Result<(), LimitError> {
         | Message::Heartbeat(_)
         | Message::HeartbeatAck(_)
         | Message::Sync(_)
+        | Message::SyncIdle(_)
+        | Message::TelemetryAck(_)
         | Message::Unknown { .. } => Ok(()),
     }
 }

@@ -108,6 +108,7 @@ impl Session {
             self.clock_sample(now, welcome.wall_ms, rtt_ms);
         }
         self.establish(now);
+        self.settle_idle_pipelined();
         self.check_output_room()
     }
 
@@ -127,6 +128,14 @@ impl Session {
         let event = match message {
             Message::Docs(docs) => SessionEvent::Docs(docs),
             Message::Sync(sync) => SessionEvent::SyncReceived(sync),
+            Message::SyncIdle(idle) if self.has_capability(capability::SYNC_IDLE) => {
+                SessionEvent::SyncReceived(crate::message::SyncBody {
+                    doc: idle.doc,
+                    data: crate::doc_sync::idle_form(idle.digest, &[]),
+                })
+            }
+            // Without the capability it is what an older version sees: an unknown kind.
+            Message::SyncIdle(_) => return self.on_unknown(MessageKind::SyncIdle.tag()),
             Message::Error(error) => SessionEvent::PeerError(error),
             Message::Heartbeat(heartbeat) => return self.answer_heartbeat(now, heartbeat),
             Message::HeartbeatAck(ack) => return self.on_heartbeat_ack(now, ack),
@@ -135,6 +144,9 @@ impl Session {
             }
             Message::Telemetry(telemetry) if self.has_capability(capability::TELEMETRY) => {
                 SessionEvent::Telemetry(telemetry)
+            }
+            Message::TelemetryAck(ack) if self.has_capability(capability::TELEMETRY_ACK) => {
+                SessionEvent::TelemetryAck(ack)
             }
             Message::LedgerAck(ack) if self.peer_role() == Some(Role::Hub) => {
                 SessionEvent::LedgerAck(ack)
@@ -214,7 +226,7 @@ impl Session {
         )
     }
 
-    fn has_capability(&self, capability: &str) -> bool {
+    pub(super) fn has_capability(&self, capability: &str) -> bool {
         self.capabilities().iter().any(|cap| cap == capability)
     }
 
@@ -242,7 +254,7 @@ impl Session {
             _ => {}
         }
         if self.phase != Phase::Established {
-            let pipelinable = matches!(kind, K::Docs | K::Sync | K::Error);
+            let pipelinable = matches!(kind, K::Docs | K::Sync | K::SyncIdle | K::Error);
             if self.config.side == Side::Responder
                 || !pipelinable
                 || self.pipelined >= PIPELINED_MAX
@@ -253,7 +265,9 @@ impl Session {
         }
         let needed = match kind {
             K::SignedHeads => Some(capability::SIGNED_HEADS),
+            K::SyncIdle => Some(capability::SYNC_IDLE),
             K::Telemetry => Some(capability::TELEMETRY),
+            K::TelemetryAck => Some(capability::TELEMETRY_ACK),
             _ => None,
         };
         match needed {

@@ -6,15 +6,16 @@ use cartwise_schema::{BranchId, ChainId, ClockReading, DeviceId, WallMillis};
 use crate::frame::FrameError;
 use crate::message::{
     Docs, ErrorBody, Heartbeat, Hello, LedgerAck, MessageError, MessageKind, Role, SyncBody,
-    Telemetry,
+    Telemetry, TelemetryAck,
 };
 use crate::signed_heads::SignedHeads;
 
 /// The major protocol version; also in the ALPN ([`ALPN`]). Peers of different majors never
 /// talk.
 pub const PROTOCOL_MAJOR: u16 = 1;
-/// The highest minor version this implementation speaks.
-pub const PROTOCOL_MINOR: u16 = 0;
+/// The highest minor version this implementation speaks. Minor 1 added `SyncIdle`
+/// (capability `sync-idle`).
+pub const PROTOCOL_MINOR: u16 = 1;
 /// The QUIC ALPN of this major version.
 pub const ALPN: &[u8] = crate::identity::ALPN_SYNC;
 
@@ -45,6 +46,10 @@ pub mod capability {
     pub const SIGNED_HEADS: &str = "signed-heads";
     /// The peer accepts `Telemetry` batches (the hub).
     pub const TELEMETRY: &str = "telemetry";
+    /// The peer acknowledges `Telemetry` batches with `TelemetryAck` (and accepts them).
+    pub const TELEMETRY_ACK: &str = "telemetry-ack";
+    /// The peer reads `SyncIdle` (idle sync messages by heads digest; minor 1).
+    pub const SYNC_IDLE: &str = "sync-idle";
     /// Prefix of experimental capabilities, which allow experimental tags.
     pub const EXPERIMENTAL_PREFIX: &str = "x-";
 }
@@ -99,6 +104,8 @@ impl SessionConfig {
             capabilities: vec![
                 capability::SIGNED_HEADS.to_owned(),
                 capability::TELEMETRY.to_owned(),
+                capability::SYNC_IDLE.to_owned(),
+                capability::TELEMETRY_ACK.to_owned(),
             ],
             heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
@@ -153,6 +160,8 @@ pub enum SessionEvent {
     LedgerAck(LedgerAck),
     /// A telemetry batch.
     Telemetry(Telemetry),
+    /// The peer holds the oldest telemetry batch not yet acknowledged.
+    TelemetryAck(TelemetryAck),
     /// A peer heartbeat (already answered): its clocks, for liveness records.
     Heartbeat(Heartbeat),
     /// The peer reported a non-fatal error.

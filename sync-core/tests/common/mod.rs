@@ -7,7 +7,7 @@ use cartwise_schema::{
 };
 use cartwise_sync_core::message::{
     Busy, Bye, DocHeads, Docs, ErrorBody, Head, Heartbeat, HeartbeatAck, Hello, LedgerAck, Refused,
-    Role, SyncBody, Telemetry, TelemetryEvent, Welcome,
+    Role, SyncBody, Telemetry, TelemetryAck, TelemetryEvent, Welcome,
 };
 use cartwise_sync_core::session::{LocalIdentity, SessionConfig, Side};
 use cartwise_sync_core::{DocId, Message, MessageKind, Output, Session, SessionEvent, SignedHeads};
@@ -124,6 +124,10 @@ pub fn v1_examples() -> Vec<(MessageKind, Message)> {
             signer: device_a(),
             signature: vec![0x5A; 64],
         }),
+        Message::SyncIdle(cartwise_sync_core::message::body::SyncIdle {
+            doc,
+            digest: cartwise_sync_core::message::body::HeadsDigest([0x1D; 16]),
+        }),
         Message::LedgerAck(LedgerAck {
             device: device_a(),
             rentals: vec![
@@ -139,6 +143,11 @@ pub fn v1_examples() -> Vec<(MessageKind, Message)> {
                 boot: a.boot,
                 mono_ms: a.mono,
             }],
+        }),
+        Message::TelemetryAck(TelemetryAck {
+            events: 1,
+            last_boot: a.boot,
+            last_mono_ms: a.mono,
         }),
     ];
     let examples: Vec<_> = examples

@@ -1,0 +1,378 @@
+//! Hub ingest benchmark: 1,000 simulated devices, in-process, each with its own live document
+//! (written as the edge writes it), syncing through the hub's merge path (`Merger::submit`,
+//! the API every QUIC session uses; QUIC and TLS are not in the loop). Measured in one run on
+//! a scratch database:
+//!
+//! - ingest: rental events per second reaching Postgres (each device lends N rentals, syncs,
+//!   returns them, syncs: 2·N events per device), beside a raw `COPY` of the same rows;
+//! - edge → Postgres latency: each device writes one rental and syncs, all at once, R rounds;
+//!   the time from the device's commit until the hub answers the message carrying it (the
+//!   hub answers after the transaction holding the rental row committed), p50/p99.
+//!
+//! `cargo bench -p cartwise-cloud-hub --bench ingest -- [--quick] [--json FILE]`
+//! (`RUST_LOG=cartwise_cloud_hub::merge=debug` adds each merge pass's phase times on stderr).
+//! Needs `DATABASE_URL` (a server where it may create and drop a scratch database).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ObjType, ROOT, ReadDoc};
+use cartwise_cloud_hub::clock::HubClock;
+use cartwise_cloud_hub::merge::{Access, Job, Work};
+use cartwise_cloud_hub::sync_server::SyncServer;
+use cartwise_cloud_hub::{db, seed, world::World};
+use cartwise_schema::{BranchId, ChainId, DeviceId};
+use cartwise_sync_core::identity::{PeerIdentity, Role};
+use cartwise_sync_core::{DocId, HubActors, PeerDocState, device_actor};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+const T0: i64 = 1_795_248_000_000;
+
+struct Args {
+    quick: bool,
+    json: Option<String>,
+}
+
+fn args() -> Args {
+    let mut out = Args {
+        quick: false,
+        json: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => out.quick = true,
+            "--json" => out.json = it.next(),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A simulated device: its document and its sync state with the hub.
+struct Device {
+    peer: PeerIdentity,
+    doc: AutoCommit,
+    mine: PeerDocState,
+    hub: Option<PeerDocState>,
+    next: u32,
+    rentals: Vec<String>,
+}
+
+impl Device {
+    fn new(peer: PeerIdentity) -> Device {
+        let mut doc = AutoCommit::new().with_actor(device_actor(&peer.device));
+        doc.put(ROOT, "schema", 1).unwrap();
+        doc.put(ROOT, "device", peer.device.to_string()).unwrap();
+        doc.put(ROOT, "branch", peer.branch.to_string()).unwrap();
+        doc.put_object(ROOT, "rentals", ObjType::Map).unwrap();
+        doc.commit();
+        let id = DocId::device(peer.device);
+        Device {
+            peer,
+            doc,
+            mine: PeerDocState::new(id),
+            hub: Some(PeerDocState::new(id)),
+            next: 0,
+            rentals: Vec::new(),
+        }
+    }
+
+    fn lend(&mut self) {
+        let rentals = self.doc.get(ROOT, "rentals").unwrap().unwrap().1;
+        let id = uuid::Uuid::now_v7().to_string();
+        let r = self.doc.put_object(&rentals, &id, ObjType::Map).unwrap();
+        let start = T0 + i64::from(self.next) * 60_000;
+        self.next += 1;
+        self.doc.put(&r, "phone", "+972521234567").unwrap();
+        self.doc
+            .put(&r, "post", u64::from(1 + self.next % 16))
+            .unwrap();
+        self.doc.put(&r, "status", "active").unwrap();
+        self.doc.put(&r, "minutes", 120_u64).unwrap();
+        self.doc.put(&r, "start_hlc", format!("{start}:0")).unwrap();
+        self.doc.put(&r, "start_at", start).unwrap();
+        self.doc.put(&r, "time_trusted", true).unwrap();
+        self.doc.commit();
+        self.rentals.push(id);
+    }
+
+    fn return_all(&mut self) {
+        let rentals = self.doc.get(ROOT, "rentals").unwrap().unwrap().1;
+        for id in std::mem::take(&mut self.rentals) {
+            let r = self.doc.get(&rentals, id.as_str()).unwrap().unwrap().1;
+            self.doc.put(&r, "status", "returned").unwrap();
+            self.doc.put(&r, "end_at", T0 + 3_600_000).unwrap();
+            self.doc.put(&r, "end_hlc", "e:0").unwrap();
+        }
+        self.doc.commit();
+    }
+
+    /// Syncs until settled; returns the time until the hub answered the first message
+    /// (which, with shared heads, is the one carrying the new changes).
+    async fn sync(&mut self, server: &SyncServer, since: Instant) -> Duration {
+        let actors = HubActors::new([]);
+        let mut first = None;
+        while let Some(body) = self.mine.generate(&mut self.doc).unwrap() {
+            let done = server
+                .merger()
+                .submit(Job {
+                    peer: self.peer,
+                    doc: body.doc,
+                    access: Access::Write,
+                    state: self.hub.take().unwrap(),
+                    work: Work::Receive(body),
+                })
+                .await;
+            first.get_or_insert_with(|| since.elapsed());
+            self.hub = Some(done.state);
+            match done.outcome {
+                Ok(merged) => {
+                    if let Some(reply) = merged.reply {
+                        self.mine.receive(&mut self.doc, &reply, &actors).unwrap();
+                    }
+                }
+                Err(error) => panic!("merge failed: {error}"),
+            }
+        }
+        first.unwrap_or_default()
+    }
+}
+
+async fn scratch_database(url: &str) -> (PgPool, PgConnectOptions, String) {
+    let admin = PgConnectOptions::from_str(url).unwrap();
+    let name = format!("cartwise_bench_{}", std::process::id());
+    let mut conn = admin.connect().await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(db::POOL_CONNECTIONS_MAX)
+        .connect_with(admin.clone().database(&name))
+        .await
+        .unwrap();
+    db::migrate(&pool).await.unwrap();
+    let text = std::fs::read_to_string(cartwise_fixtures::world_path()).unwrap();
+    seed::seed(&pool, &World::parse(&text).unwrap())
+        .await
+        .unwrap();
+    (pool, admin, name)
+}
+
+/// Adds `count` devices spread over the seeded branches.
+async fn devices(pool: &PgPool, count: usize) -> Vec<Device> {
+    let branches: Vec<(uuid::Uuid, uuid::Uuid)> =
+        sqlx::query_as("SELECT id, chain_id FROM branches ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let mut out = Vec::with_capacity(count);
+    for n in 0..count {
+        let (branch, chain) = branches[n % branches.len()];
+        let device = uuid::Uuid::now_v7();
+        sqlx::query("INSERT INTO devices (id, branch_id, device_name) VALUES ($1, $2, $3)")
+            .bind(device)
+            .bind(branch)
+            .bind(format!("bench-{n}"))
+            .execute(pool)
+            .await
+            .unwrap();
+        out.push(Device::new(PeerIdentity {
+            role: Role::Device,
+            chain: ChainId::from_uuid(chain),
+            branch: BranchId::from_uuid(branch),
+            device: DeviceId::from_uuid(device),
+        }));
+    }
+    out
+}
+
+/// Runs `step` then a sync on every device at once; returns the devices and the latencies.
+async fn round(
+    server: &Arc<SyncServer>,
+    devices: Vec<Device>,
+    step: fn(&mut Device),
+) -> (Vec<Device>, Vec<Duration>) {
+    let tasks: Vec<_> = devices
+        .into_iter()
+        .map(|mut device| {
+            let server = Arc::clone(server);
+            tokio::spawn(async move {
+                let since = Instant::now();
+                step(&mut device);
+                let latency = device.sync(&server, since).await;
+                (device, latency)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        let (device, latency) = task.await.unwrap();
+        out.push(device);
+        latencies.push(latency);
+    }
+    (out, latencies)
+}
+
+/// COPYs `rows` rental rows (the same shape the projection writes) into a scratch table.
+async fn raw_copy(pool: &PgPool, rows: usize) -> Duration {
+    sqlx::query("CREATE TABLE rentals_copy (LIKE rentals INCLUDING DEFAULTS)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let (cart, branch, device): (uuid::Uuid, uuid::Uuid, uuid::Uuid) = sqlx::query_as(
+        "SELECT c.id, c.branch_id, d.id FROM carts c JOIN devices d ON d.branch_id = c.branch_id LIMIT 1",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let mut data = String::new();
+    for _ in 0..rows {
+        data.push_str(&format!(
+            "{},{cart},{branch},{device},+972521234567,2026-11-21 08:00:00+00,2026-11-21 10:00:00+00,2026-11-21 09:00:00+00,returned,60,,,true\n",
+            uuid::Uuid::now_v7()
+        ));
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY rentals_copy (id, cart_id, branch_id, device_id, user_phone, start_time,
+                                expected_return, actual_return, status, duration_minutes, notes,
+                                return_cart_id, time_trusted) FROM STDIN (FORMAT csv)",
+        )
+        .await
+        .unwrap();
+    copy.send(data.as_bytes()).await.unwrap();
+    copy.finish().await.unwrap();
+    started.elapsed()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() {
+    let args = args();
+    // `RUST_LOG=cartwise_cloud_hub::merge=debug` prints each merge pass's phase times.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        println!(
+            "ingest: DATABASE_URL is not set; skipping (export DATABASE_URL=$(scripts/pg.sh url))"
+        );
+        return;
+    };
+    let (device_count, rentals_each, latency_rounds) = if args.quick {
+        (200, 5, 3)
+    } else {
+        (1000, 10, 5)
+    };
+    let (pool, admin, name) = scratch_database(&url).await;
+    let server = SyncServer::new(pool.clone(), Arc::new(HubClock::new()));
+    let devices = devices(&pool, device_count).await;
+
+    // First contact (empty documents), not timed.
+    let (devices, _) = round(&server, devices, |_| {}).await;
+
+    // Ingest: N lends per device, then their returns.
+    let started = Instant::now();
+    let lend_all = |d: &mut Device| {
+        for _ in 0..10 {
+            d.lend();
+        }
+    };
+    let lend_few = |d: &mut Device| {
+        for _ in 0..5 {
+            d.lend();
+        }
+    };
+    let lend: fn(&mut Device) = if rentals_each == 10 {
+        lend_all
+    } else {
+        lend_few
+    };
+    let (devices, _) = round(&server, devices, lend).await;
+    let (devices, _) = round(&server, devices, Device::return_all).await;
+    let ingest = started.elapsed();
+    let events = device_count * rentals_each * 2;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rentals WHERE status = 'returned'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows as usize,
+        device_count * rentals_each,
+        "every rental reached Postgres"
+    );
+
+    // Latency: one new rental per device, all devices at once, several rounds.
+    let mut latencies = Vec::new();
+    let mut devices = devices;
+    for _ in 0..latency_rounds {
+        let (next, mut round_latencies) = round(&server, devices, Device::lend).await;
+        devices = next;
+        latencies.append(&mut round_latencies);
+    }
+    latencies.sort();
+    drop(devices);
+
+    let copy = raw_copy(&pool, events).await;
+    let ingest_rate = events as f64 / ingest.as_secs_f64();
+    let copy_rate = events as f64 / copy.as_secs_f64();
+    let p50 = percentile(&latencies, 0.50);
+    let p99 = percentile(&latencies, 0.99);
+    println!("hub ingest, {device_count} devices in-process through the merge path (no QUIC)");
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| rental events into Postgres | {events} in {:.2} s |",
+        ingest.as_secs_f64()
+    );
+    println!("| ingest rate | {ingest_rate:.0} events/s |");
+    println!(
+        "| raw COPY of the same rows | {copy_rate:.0} rows/s ({:.3} s) |",
+        copy.as_secs_f64()
+    );
+    println!("| ingest / COPY | {:.3} |", ingest_rate / copy_rate);
+    println!(
+        "| edge → Postgres latency ({} samples) | p50 {:.1} ms, p99 {:.1} ms |",
+        latencies.len(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "devices": device_count,
+            "events": events,
+            "ingest_seconds": ingest.as_secs_f64(),
+            "ingest_events_per_second": ingest_rate,
+            "copy_rows_per_second": copy_rate,
+            "ingest_over_copy": ingest_rate / copy_rate,
+            "latency_ms": { "p50": p50.as_secs_f64() * 1e3, "p99": p99.as_secs_f64() * 1e3,
+                            "samples": latencies.len() },
+            "transport": "in-process merge API (no QUIC)",
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    }
+    pool.close().await;
+    let mut conn = admin.connect().await.unwrap();
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await;
+}
