@@ -350,21 +350,21 @@ fn entries<D: ReadDoc>(doc: &D, name: &str) -> Vec<(String, ObjId)> {
         .collect()
 }
 
-fn scalar<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<ScalarValue> {
+pub(crate) fn scalar<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<ScalarValue> {
     match doc.get(obj, key) {
         Ok(Some((Value::Scalar(value), _))) => Some(value.into_owned()),
         _ => None,
     }
 }
 
-fn string<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<String> {
+pub(crate) fn string<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<String> {
     match scalar(doc, obj, key)? {
         ScalarValue::Str(s) => Some(s.to_string()),
         _ => None,
     }
 }
 
-fn int<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<i64> {
+pub(crate) fn int<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<i64> {
     match scalar(doc, obj, key)? {
         ScalarValue::Int(v) => Some(v),
         ScalarValue::Uint(v) => i64::try_from(v).ok(),
@@ -372,7 +372,7 @@ fn int<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<i64> {
     }
 }
 
-fn uint<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<u64> {
+pub(crate) fn uint<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<u64> {
     match scalar(doc, obj, key)? {
         ScalarValue::Uint(v) => Some(v),
         ScalarValue::Int(v) => u64::try_from(v).ok(),
@@ -380,7 +380,7 @@ fn uint<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<u64> {
     }
 }
 
-fn boolean<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<bool> {
+pub(crate) fn boolean<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<bool> {
     match scalar(doc, obj, key)? {
         ScalarValue::Boolean(v) => Some(v),
         _ => None,

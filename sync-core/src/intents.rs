@@ -38,6 +38,7 @@ use automerge::{AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
 use cartwise_schema::{BranchId, ChainId, DeviceId};
 
 use crate::authority::hub_actor;
+use crate::facts::{int, scalar, string, uint};
 
 /// The layout version this reader understands and the writer writes.
 pub const INTENTS_DOC_SCHEMA: i64 = 1;
@@ -512,36 +513,6 @@ pub fn read_revoked<D: ReadDoc>(doc: &D) -> Vec<(DeviceId, i64)> {
         .collect();
     out.sort_by_key(|(device, _)| *device);
     out
-}
-
-fn scalar<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<ScalarValue> {
-    match doc.get(obj, key) {
-        Ok(Some((Value::Scalar(value), _))) => Some(value.into_owned()),
-        _ => None,
-    }
-}
-
-fn string<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<String> {
-    match scalar(doc, obj, key)? {
-        ScalarValue::Str(s) => Some(s.to_string()),
-        _ => None,
-    }
-}
-
-fn int<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<i64> {
-    match scalar(doc, obj, key)? {
-        ScalarValue::Int(v) => Some(v),
-        ScalarValue::Uint(v) => i64::try_from(v).ok(),
-        _ => None,
-    }
-}
-
-fn uint<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Option<u64> {
-    match scalar(doc, obj, key)? {
-        ScalarValue::Uint(v) => Some(v),
-        ScalarValue::Int(v) => u64::try_from(v).ok(),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

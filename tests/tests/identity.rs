@@ -16,6 +16,7 @@ use cartwise_schema::{BranchId, ChainId};
 use cartwise_sync_core::identity::{
     Granted, HUB_SERVER_NAME, PeerIdentity, device_csr_params, parse_sha256_fingerprint,
 };
+use cartwise_tests::trust_any_server_client;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
@@ -395,65 +396,6 @@ async fn assert_refused(connecting: quinn::Connecting) {
             assert!(error.to_string().contains("UnknownIssuer"), "{error}");
         }
     }
-}
-
-/// A sync client presenting `who`'s certificate that accepts any server certificate: a test
-/// double for a peer that skips its own checks.
-fn trust_any_server_client(who: &EdgeIdentity) -> quinn::ClientConfig {
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
-
-    #[derive(Debug)]
-    struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-    impl ServerCertVerifier for AnyServer {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            let algs = &self.0.signature_verification_algorithms;
-            rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            let algs = &self.0.signature_verification_algorithms;
-            rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
-        .with_client_auth_cert(
-            vec![who.credentials.cert.clone()],
-            who.credentials.key.clone_key(),
-        )
-        .unwrap();
-    tls.alpn_protocols = vec![cartwise_sync_core::identity::ALPN_SYNC.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    quinn::ClientConfig::new(Arc::new(crypto))
 }
 
 /// A device key (PEM) and a certificate request for it.
