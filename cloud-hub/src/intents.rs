@@ -279,6 +279,26 @@ pub fn parse_expires_in(text: &str) -> Result<Duration, IntentError> {
     Ok(ttl)
 }
 
+/// Parses a `set_otp_policy` argument (`refuse` or `token`).
+pub fn parse_otp_policy(input: &str) -> Result<doc::OtpFallback, IntentError> {
+    doc::OtpFallback::parse(input.trim()).ok_or_else(|| {
+        IntentError::Invalid(format!(
+            "the policy when SMS is unavailable must be refuse or token, not {:?}",
+            input.chars().take(32).collect::<String>()
+        ))
+    })
+}
+
+/// Parses a `set_language` argument (`he` or `en`).
+pub fn parse_language(input: &str) -> Result<doc::KioskLanguage, IntentError> {
+    doc::KioskLanguage::parse(input.trim()).ok_or_else(|| {
+        IntentError::Invalid(format!(
+            "the kiosk language must be he or en, not {:?}",
+            input.chars().take(32).collect::<String>()
+        ))
+    })
+}
+
 fn check_expires_in(ttl: Duration) -> Result<(), IntentError> {
     if (EXPIRES_IN_MIN..=EXPIRES_IN_MAX).contains(&ttl) {
         Ok(())
@@ -566,6 +586,10 @@ fn columns(kind: &IntentKind) -> (Option<i32>, serde_json::Value) {
         IntentKind::Note { text, .. } => json!({ k::TEXT: text }),
         IntentKind::AssignCart { phone, .. } => json!({ k::PHONE: phone }),
         IntentKind::SetFirmware { version } => json!({ k::VERSION: version }),
+        IntentKind::SetOtpPolicy {
+            when_sms_unavailable,
+        } => json!({ k::WHEN_SMS_UNAVAILABLE: when_sms_unavailable.as_str() }),
+        IntentKind::SetLanguage { language } => json!({ k::LANGUAGE: language.as_str() }),
     };
     (kind.post().map(i32::from), payload)
 }
@@ -737,6 +761,16 @@ fn from_row(row: &sqlx::postgres::PgRow) -> Result<Intent, IntentError> {
         },
         doc::keys::kind::SET_FIRMWARE => IntentKind::SetFirmware {
             version: text(doc::keys::intent::VERSION)?,
+        },
+        doc::keys::kind::SET_OTP_POLICY => IntentKind::SetOtpPolicy {
+            when_sms_unavailable: doc::OtpFallback::parse(&text(
+                doc::keys::intent::WHEN_SMS_UNAVAILABLE,
+            )?)
+            .ok_or_else(|| corrupt("a set_otp_policy intent has an unknown policy".into()))?,
+        },
+        doc::keys::kind::SET_LANGUAGE => IntentKind::SetLanguage {
+            language: doc::KioskLanguage::parse(&text(doc::keys::intent::LANGUAGE)?)
+                .ok_or_else(|| corrupt("a set_language intent has an unknown language".into()))?,
         },
         other => return Err(corrupt(format!("unknown intent kind {other:?}"))),
     };

@@ -171,6 +171,19 @@ enum IntentKindArg {
         #[arg(long)]
         minutes: u32,
     },
+    /// Set the branch's sign-in policy while SMS cannot be sent (overrides the device's
+    /// configuration).
+    OtpPolicy {
+        /// `refuse` (no sign-in at all) or `token` (shoppers with a valid token still rent).
+        #[arg(long, value_parser = otp_policy_arg)]
+        when_sms_unavailable: cartwise_sync_core::intents::OtpFallback,
+    },
+    /// Set the kiosk's answer language when the shopper's device asks for none.
+    Language {
+        /// `he` or `en`.
+        #[arg(long, value_parser = language_arg)]
+        language: cartwise_sync_core::intents::KioskLanguage,
+    },
     /// Leave a note for the branch staff on the device.
     Note {
         /// The note (at most 1024 bytes).
@@ -180,6 +193,14 @@ enum IntentKindArg {
         #[arg(long)]
         post: Option<u16>,
     },
+}
+
+fn otp_policy_arg(input: &str) -> Result<cartwise_sync_core::intents::OtpFallback, String> {
+    intents::parse_otp_policy(input).map_err(|e| e.to_string())
+}
+
+fn language_arg(input: &str) -> Result<cartwise_sync_core::intents::KioskLanguage, String> {
+    intents::parse_language(input).map_err(|e| e.to_string())
 }
 
 /// `--database-url` accepted before or after an intent's kind.
@@ -477,6 +498,12 @@ async fn run_intent(command: IntentCommand) -> anyhow::Result<()> {
                 IntentKindArg::RentalMinutes { minutes } => {
                     IntentKind::SetRentalMinutes { minutes }
                 }
+                IntentKindArg::OtpPolicy {
+                    when_sms_unavailable,
+                } => IntentKind::SetOtpPolicy {
+                    when_sms_unavailable,
+                },
+                IntentKindArg::Language { language } => IntentKind::SetLanguage { language },
                 IntentKindArg::Note { text, post } => IntentKind::Note { post, text },
             };
             let actor = intents::Actor {
@@ -561,6 +588,18 @@ fn describe(kind: &IntentKind) -> String {
         IntentKind::AssignCart { post: None, .. } => "lend a cart to a shopper".to_owned(),
         IntentKind::ForceReturn { post } => format!("force the return of post {post}'s cart"),
         IntentKind::SetFirmware { version } => format!("run firmware {version}"),
+        IntentKind::SetOtpPolicy {
+            when_sms_unavailable,
+        } => format!(
+            "when SMS is unavailable, {}",
+            match when_sms_unavailable {
+                cartwise_sync_core::intents::OtpFallback::Refuse => "refuse sign-in",
+                cartwise_sync_core::intents::OtpFallback::Token => "let shoppers with a token rent",
+            }
+        ),
+        IntentKind::SetLanguage { language } => {
+            format!("answer shoppers in {} by default", language.as_str())
+        }
     }
 }
 

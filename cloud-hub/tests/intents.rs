@@ -12,7 +12,9 @@ use cartwise_cloud_hub::intents::{
 use cartwise_cloud_hub::{docs_store, project, seed, world::World};
 use cartwise_schema::{BranchId, ChainId, DeviceId};
 use cartwise_sync_core::facts::{DeviceFacts, OutcomeFact, OutcomeStatus};
-use cartwise_sync_core::intents::{IntentId, IntentKind, read_intents_doc};
+use cartwise_sync_core::intents::{
+    IntentId, IntentKind, KioskLanguage, OtpFallback, read_intents_doc,
+};
 use cartwise_sync_core::{DocId, hub_actor};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -198,6 +200,15 @@ async fn create_writes_the_row_the_document_and_the_audit_together(pool: PgPool)
         IntentKind::ForceReturn { post: 12 },
         IntentKind::SetFirmware {
             version: "1.4.2".into(),
+        },
+        IntentKind::SetOtpPolicy {
+            when_sms_unavailable: OtpFallback::Token,
+        },
+        IntentKind::SetOtpPolicy {
+            when_sms_unavailable: OtpFallback::Refuse,
+        },
+        IntentKind::SetLanguage {
+            language: KioskLanguage::En,
         },
     ];
     for kind in kinds.clone() {
@@ -866,4 +877,107 @@ async fn the_intent_command_adds_lists_and_shows_and_fails_clearly(pool: PgPool)
         assert!(err.contains(says), "{args:?}: {err}");
     }
     assert_eq!(count(&pool, "SELECT count(*) FROM intents").await, 1);
+}
+
+#[test]
+fn otp_policies_and_languages_outside_their_ranges_are_refused() {
+    assert_eq!(
+        intents::parse_otp_policy("token").unwrap(),
+        OtpFallback::Token
+    );
+    assert_eq!(
+        intents::parse_otp_policy(" refuse ").unwrap(),
+        OtpFallback::Refuse
+    );
+    assert_eq!(intents::parse_language("en").unwrap(), KioskLanguage::En);
+    assert_eq!(intents::parse_language("he").unwrap(), KioskLanguage::He);
+    for bad in ["", "allow", "Token", "tokens"] {
+        let refused = intents::parse_otp_policy(bad);
+        assert!(
+            matches!(&refused, Err(IntentError::Invalid(m)) if m.contains("refuse or token")),
+            "{bad:?}: {refused:?}"
+        );
+    }
+    for bad in ["", "fr", "EN", "english"] {
+        let refused = intents::parse_language(bad);
+        assert!(
+            matches!(&refused, Err(IntentError::Invalid(m)) if m.contains("he or en")),
+            "{bad:?}: {refused:?}"
+        );
+    }
+}
+
+#[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
+async fn the_intent_command_sets_the_otp_policy_and_the_language(pool: PgPool) {
+    seeded(&pool).await;
+    let added = |args: &[&str]| {
+        let (ok, out, err) = hub_intent(&pool, args);
+        assert!(ok, "{args:?}: {err}");
+        let id = out
+            .lines()
+            .find_map(|l| l.strip_prefix("intent   "))
+            .unwrap()
+            .to_owned();
+        (IntentId::parse(&id).unwrap(), out)
+    };
+    let (policy, out) = added(&[
+        "add",
+        "--device",
+        PI_1,
+        "otp-policy",
+        "--when-sms-unavailable",
+        "token",
+    ]);
+    assert!(out.contains("let shoppers with a token rent"), "{out}");
+    let (language, out) = added(&["add", "--device", PI_1, "language", "--language", "en"]);
+    assert!(out.contains("answer shoppers in en by default"), "{out}");
+    assert_eq!(
+        intents::get(&pool, policy).await.unwrap().kind,
+        IntentKind::SetOtpPolicy {
+            when_sms_unavailable: OtpFallback::Token
+        }
+    );
+    assert_eq!(
+        intents::get(&pool, language).await.unwrap().kind,
+        IntentKind::SetLanguage {
+            language: KioskLanguage::En
+        }
+    );
+    // The device reads the same from the branch's document.
+    let read = read_intents_doc(&intents_doc(&pool, branch()).await.unwrap());
+    let kinds: Vec<&IntentKind> = read.intents.iter().map(|i| &i.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            &IntentKind::SetOtpPolicy {
+                when_sms_unavailable: OtpFallback::Token
+            },
+            &IntentKind::SetLanguage {
+                language: KioskLanguage::En
+            },
+        ]
+    );
+
+    for (args, says) in [
+        (
+            vec![
+                "add",
+                "--device",
+                PI_1,
+                "otp-policy",
+                "--when-sms-unavailable",
+                "allow",
+            ],
+            "must be refuse or token",
+        ),
+        (
+            vec!["add", "--device", PI_1, "language", "--language", "fr"],
+            "must be he or en",
+        ),
+    ] {
+        let (ok, _, err) = hub_intent(&pool, &args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert_eq!(count(&pool, "SELECT count(*) FROM intents").await, 2);
 }

@@ -11,13 +11,19 @@ use std::sync::Arc;
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ROOT};
+use cartwise_edge_node::daemon;
 use cartwise_edge_node::engine::{DocRefusal, Engine, HELD_DOCS_MAX, RentalFilter, SyncPeer};
 use cartwise_edge_node::ledger::Service;
+use cartwise_edge_node::shopper::SmsSenderConfig;
+use cartwise_edge_node::shopper::sms::InforuConfig;
 use cartwise_edge_node::store::StoreError;
 use cartwise_schema::{BranchId, ChainId, DeviceId, HookState, PostNo, RentalStatus};
 use cartwise_sync_core::facts::{OutcomeStatus, read_device_doc};
-use cartwise_sync_core::intents::{Intent, IntentId, IntentKind, put_intent};
+use cartwise_sync_core::intents::{
+    Intent, IntentId, IntentKind, KioskLanguage, OtpFallback, put_intent,
+};
 use cartwise_sync_core::{DocId, HubActors, PeerDocState, device_actor, hub_actor};
+use serde_json::json;
 use station::{MINUTE, Station, T0};
 
 const CHAIN: &str = "0b1e3c2a-0000-4000-8000-000000000001";
@@ -826,4 +832,145 @@ async fn held_documents_are_bounded_and_keep_two_epochs_per_writer() {
 
 fn uuid_of(n: u128) -> uuid::Uuid {
     uuid::Uuid::from_u128(n)
+}
+
+/// Restarts the station's daemon with an SMS provider that cannot be reached (a closed port):
+/// every send fails as unavailable.
+async fn restart_with_sms_down(station: &mut Station) {
+    station.stop_edge().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = listener.local_addr().unwrap();
+    drop(listener);
+    let mut config = station.config();
+    config.sms = Some(SmsSenderConfig::Inforu(InforuConfig {
+        endpoint_url: format!("http://{closed}/SendMessageXml.ashx"),
+        username: "branch".into(),
+        api_token: "secret".into(),
+        sender_name: "CartWise".into(),
+        timeout_ms: 2_000,
+    }));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = daemon::spawn(config, station.clock.clone(), async move {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    station.http = running.http;
+    station.edge = Some((running, stop));
+    station
+        .wait_for(|h| h["rs485_connected"] == true, "/health")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_otp_policy_intent_lets_a_known_shopper_rent_while_sms_is_down() {
+    let mut station = Station::start().await;
+    // A shopper who signed in while SMS worked holds a token.
+    let token = station.sign_in("0521234567", "+972521234567").await;
+    let bearer = format!("Bearer {token}");
+    restart_with_sms_down(&mut station).await;
+    let engine = engine(&station);
+    let config = engine.config().clone();
+    engine.set_chain(chain());
+
+    // Another shopper's code cannot be sent: SMS is now known to be down.
+    let (status, body) = station
+        .post("/auth/request-otp", json!({ "phone": "0529876543" }))
+        .await;
+    assert_ne!(status, 200, "{body}");
+    let headers = [("authorization", bearer.as_str())];
+    let assign = || station.post_with("/carts/assign", json!({ "phone": "0521234567" }), &headers);
+    // The configuration refuses even tokens while SMS is down.
+    let (status, body) = assign().await;
+    assert_ne!(status, 200, "{body}");
+    assert!(engine.otp_policy_override().await.unwrap().is_none());
+
+    let policy = intent(
+        1,
+        config.device,
+        IntentKind::SetOtpPolicy {
+            when_sms_unavailable: OtpFallback::Token,
+        },
+    );
+    let mut hub = Hub::intents(config.branch);
+    put_intent(&mut hub.doc, chain(), config.branch, &policy).unwrap();
+    hub.deliver(&engine, SyncPeer::Hub).await.unwrap();
+    let answered = outcomes(&engine).await;
+    assert_eq!(answered.len(), 1, "{answered:?}");
+    assert_eq!(
+        (answered[0].0, answered[0].1),
+        (policy.id, OutcomeStatus::Applied)
+    );
+    assert_eq!(
+        engine.otp_policy_override().await.unwrap(),
+        Some(OtpFallback::Token)
+    );
+
+    // The token path now serves.
+    let (status, body) = assign().await;
+    assert_eq!(status, 200, "{body}");
+    let active = engine.rentals(RentalFilter::Active).await.unwrap();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].row.phone.as_e164(), "+972521234567");
+}
+
+fn is_hebrew(text: &str) -> bool {
+    text.chars().any(|c| ('\u{5d0}'..='\u{5ea}').contains(&c))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_language_intent_sets_the_kiosk_default_language() {
+    let station = Station::start().await;
+    let engine = engine(&station);
+    let config = engine.config().clone();
+    engine.set_chain(chain());
+    let bad_phone = || station.post("/auth/request-otp", json!({ "phone": "12" }));
+    let (status, body) = bad_phone().await;
+    assert_eq!(status, 400, "{body}");
+    let hebrew = body["detail"].as_str().unwrap().to_owned();
+    assert!(is_hebrew(&hebrew), "{body}");
+
+    let language = intent(
+        1,
+        config.device,
+        IntentKind::SetLanguage {
+            language: KioskLanguage::En,
+        },
+    );
+    let mut hub = Hub::intents(config.branch);
+    put_intent(&mut hub.doc, chain(), config.branch, &language).unwrap();
+    hub.deliver(&engine, SyncPeer::Hub).await.unwrap();
+    assert_eq!(
+        engine.language_override().await.unwrap(),
+        Some(KioskLanguage::En)
+    );
+
+    // Without Accept-Language the answer is now English ...
+    let (status, body) = bad_phone().await;
+    assert_eq!(status, 400, "{body}");
+    let english = body["detail"].as_str().unwrap();
+    assert!(!is_hebrew(english) && !english.is_empty(), "{body}");
+    // ... and a request that asks for Hebrew still gets it.
+    let (status, body) = station
+        .post_with(
+            "/auth/request-otp",
+            json!({ "phone": "12" }),
+            &[("accept-language", "he-IL")],
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["detail"].as_str().unwrap(), hebrew);
+
+    // Back to Hebrew by a later intent.
+    let back = intent(
+        2,
+        config.device,
+        IntentKind::SetLanguage {
+            language: KioskLanguage::He,
+        },
+    );
+    put_intent(&mut hub.doc, chain(), config.branch, &back).unwrap();
+    hub.deliver(&engine, SyncPeer::Hub).await.unwrap();
+    let (_, body) = bad_phone().await;
+    assert_eq!(body["detail"].as_str().unwrap(), hebrew);
 }

@@ -5,6 +5,7 @@
 //! { "schema": 1, "branch": uuid,
 //!   "intents": { "<intent uuid>": { device: uuid, kind: str, post: u16?, minutes: u32?,
 //!                                   text: str?, phone: str?, version: str?,
+//!                                   when_sms_unavailable: str?, language: str?,
 //!                                   created_at: i64 ms, created_by: str,
 //!                                   expires_at: i64 ms? } },
 //!   "revoked": { "<device uuid>": i64 ms } }
@@ -20,7 +21,10 @@
 //! unlock of `post`), `out_of_service` / `in_service` (`post`), `set_rental_minutes`
 //! (`minutes`, for rentals started from then on), `note` (`text`, about `post` if given),
 //! `assign_cart` (lend to the shopper `phone` at the counter, from `post` if given),
-//! `force_return` (close the rental holding `post`'s cart), `set_firmware` (`version`).
+//! `force_return` (close the rental holding `post`'s cart), `set_firmware` (`version`),
+//! `set_otp_policy` (`when_sms_unavailable`: `refuse` or `token`, the branch's sign-in policy
+//! while SMS cannot be sent) and `set_language` (`language`: `he` or `en`, the kiosk's answer
+//! language when the shopper's device asks for none).
 //!
 //! The device answers each intent at most once, in its own facts document's `outcomes`
 //! ([`crate::facts::OutcomeFact`]): `applied`, `failed` (with a detail) or `expired` (not
@@ -79,6 +83,8 @@ pub mod keys {
         pub const EXPIRES_AT: &str = "expires_at";
         pub const PHONE: &str = "phone";
         pub const VERSION: &str = "version";
+        pub const WHEN_SMS_UNAVAILABLE: &str = "when_sms_unavailable";
+        pub const LANGUAGE: &str = "language";
     }
 
     /// The `kind` strings.
@@ -91,6 +97,8 @@ pub mod keys {
         pub const ASSIGN_CART: &str = "assign_cart";
         pub const FORCE_RETURN: &str = "force_return";
         pub const SET_FIRMWARE: &str = "set_firmware";
+        pub const SET_OTP_POLICY: &str = "set_otp_policy";
+        pub const SET_LANGUAGE: &str = "set_language";
     }
 }
 
@@ -138,6 +146,60 @@ impl fmt::Debug for IntentId {
     }
 }
 
+/// What a `set_otp_policy` intent says the kiosk does while SMS cannot be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OtpFallback {
+    /// Refuse sign-in, by code and by token alike, until SMS works again.
+    Refuse,
+    /// Refuse codes but let a shopper with a valid token rent (the token path serves).
+    Token,
+}
+
+impl OtpFallback {
+    /// The wire string (`refuse`, `token`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OtpFallback::Refuse => "refuse",
+            OtpFallback::Token => "token",
+        }
+    }
+
+    /// Parses the wire string; `None` for anything else.
+    pub fn parse(input: &str) -> Option<Self> {
+        match input {
+            "refuse" => Some(OtpFallback::Refuse),
+            "token" => Some(OtpFallback::Token),
+            _ => None,
+        }
+    }
+}
+
+/// The kiosk's default answer language a `set_language` intent sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KioskLanguage {
+    He,
+    En,
+}
+
+impl KioskLanguage {
+    /// The wire string (`he`, `en`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KioskLanguage::He => "he",
+            KioskLanguage::En => "en",
+        }
+    }
+
+    /// Parses the wire string; `None` for anything else.
+    pub fn parse(input: &str) -> Option<Self> {
+        match input {
+            "he" => Some(KioskLanguage::He),
+            "en" => Some(KioskLanguage::En),
+            _ => None,
+        }
+    }
+}
+
 /// What an intent asks, with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IntentKind {
@@ -158,6 +220,10 @@ pub enum IntentKind {
     ForceReturn { post: u16 },
     /// The firmware `version` the device should run.
     SetFirmware { version: String },
+    /// The branch's sign-in policy while SMS cannot be sent, overriding the configuration.
+    SetOtpPolicy { when_sms_unavailable: OtpFallback },
+    /// The kiosk's answer language when the request asks for none (no `Accept-Language`).
+    SetLanguage { language: KioskLanguage },
 }
 
 impl IntentKind {
@@ -172,6 +238,8 @@ impl IntentKind {
             IntentKind::AssignCart { .. } => keys::kind::ASSIGN_CART,
             IntentKind::ForceReturn { .. } => keys::kind::FORCE_RETURN,
             IntentKind::SetFirmware { .. } => keys::kind::SET_FIRMWARE,
+            IntentKind::SetOtpPolicy { .. } => keys::kind::SET_OTP_POLICY,
+            IntentKind::SetLanguage { .. } => keys::kind::SET_LANGUAGE,
         }
     }
 
@@ -183,7 +251,10 @@ impl IntentKind {
             | IntentKind::InService { post }
             | IntentKind::ForceReturn { post } => Some(*post),
             IntentKind::Note { post, .. } | IntentKind::AssignCart { post, .. } => *post,
-            IntentKind::SetRentalMinutes { .. } | IntentKind::SetFirmware { .. } => None,
+            IntentKind::SetRentalMinutes { .. }
+            | IntentKind::SetFirmware { .. }
+            | IntentKind::SetOtpPolicy { .. }
+            | IntentKind::SetLanguage { .. } => None,
         }
     }
 
@@ -353,6 +424,16 @@ fn read_intent<D: ReadDoc>(doc: &D, key: &str, obj: &ObjId) -> Result<Intent, St
         keys::kind::SET_FIRMWARE => IntentKind::SetFirmware {
             version: string(doc, obj, k::VERSION).ok_or_else(|| need(k::VERSION))?,
         },
+        keys::kind::SET_OTP_POLICY => IntentKind::SetOtpPolicy {
+            when_sms_unavailable: string(doc, obj, k::WHEN_SMS_UNAVAILABLE)
+                .and_then(|s| OtpFallback::parse(&s))
+                .ok_or_else(|| need(k::WHEN_SMS_UNAVAILABLE))?,
+        },
+        keys::kind::SET_LANGUAGE => IntentKind::SetLanguage {
+            language: string(doc, obj, k::LANGUAGE)
+                .and_then(|s| KioskLanguage::parse(&s))
+                .ok_or_else(|| need(k::LANGUAGE))?,
+        },
         other => {
             return Err(format!(
                 "unknown kind {:?}",
@@ -430,6 +511,15 @@ pub fn put_intent(
         IntentKind::SetRentalMinutes { minutes } => {
             doc.put(&obj, k::MINUTES, u64::from(*minutes))
                 .map_err(err)?;
+        }
+        IntentKind::SetOtpPolicy {
+            when_sms_unavailable,
+        } => {
+            doc.put(&obj, k::WHEN_SMS_UNAVAILABLE, when_sms_unavailable.as_str())
+                .map_err(err)?;
+        }
+        IntentKind::SetLanguage { language } => {
+            doc.put(&obj, k::LANGUAGE, language.as_str()).map_err(err)?;
         }
         IntentKind::Note { post, text } => {
             if let Some(post) = post {
@@ -564,6 +654,30 @@ mod tests {
                     text: "inventory Sunday".into(),
                 },
             ),
+            intent(
+                7,
+                IntentKind::SetOtpPolicy {
+                    when_sms_unavailable: OtpFallback::Token,
+                },
+            ),
+            intent(
+                8,
+                IntentKind::SetOtpPolicy {
+                    when_sms_unavailable: OtpFallback::Refuse,
+                },
+            ),
+            intent(
+                9,
+                IntentKind::SetLanguage {
+                    language: KioskLanguage::En,
+                },
+            ),
+            intent(
+                10,
+                IntentKind::SetLanguage {
+                    language: KioskLanguage::He,
+                },
+            ),
         ]
     }
 
@@ -668,6 +782,19 @@ mod tests {
             "01a1ffeb-fcae-72a9-aa32-a6e6c791df13",
             "set_rental_minutes",
         );
+        // A policy and a language outside their ranges.
+        let policy = base(
+            &mut doc,
+            "01a1ffeb-fcae-72a9-aa32-a6e6c791df17",
+            "set_otp_policy",
+        );
+        doc.put(&policy, "when_sms_unavailable", "maybe").unwrap();
+        let language = base(
+            &mut doc,
+            "01a1ffeb-fcae-72a9-aa32-a6e6c791df18",
+            "set_language",
+        );
+        doc.put(&language, "language", "fr").unwrap();
         // A key that is not a UUID, a scalar entry, a negative post.
         base(&mut doc, "not-a-uuid", "note");
         doc.put(&intents, "01a1ffeb-fcae-72a9-aa32-a6e6c791df14", 5_i64)
@@ -703,6 +830,8 @@ mod tests {
                 "intents/01a1ffeb-fcae-72a9-aa32-a6e6c791df14",
                 "intents/01a1ffeb-fcae-72a9-aa32-a6e6c791df15",
                 "intents/01a1ffeb-fcae-72a9-aa32-a6e6c791df16",
+                "intents/01a1ffeb-fcae-72a9-aa32-a6e6c791df17",
+                "intents/01a1ffeb-fcae-72a9-aa32-a6e6c791df18",
                 "intents/not-a-uuid",
             ]
         );
@@ -715,6 +844,8 @@ mod tests {
         };
         assert!(reason("df10").contains("unknown kind"));
         assert!(reason("df13").contains("minutes"));
+        assert!(reason("df17").contains("when_sms_unavailable"));
+        assert!(reason("df18").contains("language"));
     }
 
     #[test]

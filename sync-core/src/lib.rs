@@ -119,7 +119,8 @@
 //! - Intents document ([`intents`]): `schema`, `branch`, `intents: { <intent id>: { device,
 //!   kind, post?, minutes?, text?, created_at, created_by, expires_at? } }` with kinds
 //!   `unlock_post`, `out_of_service`, `in_service` (`post`), `set_rental_minutes`
-//!   (`minutes`), `note` (`text`, `post`?). Only the addressed `device` acts on an entry, at
+//!   (`minutes`), `note` (`text`, `post`?), `set_otp_policy` (`when_sms_unavailable`),
+//!   `set_language` (`language`), and the others listed in [`intents`]. Only the addressed `device` acts on an entry, at
 //!   most once (it records that it is executing durably before acting); an entry read after
 //!   its `expires_at` is answered `expired` and not carried out; an unknown kind is skipped.
 //!   The hub writes every intents document of a chain with one actor,

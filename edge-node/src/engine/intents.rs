@@ -4,8 +4,12 @@
 //!
 //! Exactly once across crashes: an intent is recorded in `intent_runs` before anything is done
 //! for it, and an intent with a row is never started again.
-//! - `out_of_service`, `in_service`, `set_rental_minutes` and `note` change only the database:
-//!   the record, the change and the outcome are one transaction.
+//! - `out_of_service`, `in_service`, `set_rental_minutes`, `set_otp_policy`, `set_language`
+//!   and `note` change only the database: the record, the change and the outcome are one
+//!   transaction. The three settings live in `branch_settings` and override the configuration
+//!   where it is read: the rental time of new rentals, the shopper sign-in's policy while SMS
+//!   cannot be sent (`kiosk/routes_auth.rs`), the kiosk's answer language when a request
+//!   carries no `Accept-Language` (`kiosk/errors.rs`).
 //! - `unlock_post` moves the post to `maintenance` (so the hook opening or a cart leaving is
 //!   not an unrecorded unlock, and a cart latched back is not taken for a shopper's return)
 //!   and records the intent `executing` in one transaction; then the lock is pulsed, and the
@@ -39,7 +43,9 @@
 
 use cartwise_schema::{HookState, Phone, PostNo, RentalId, RentalStatus};
 use cartwise_sync_core::facts::OutcomeStatus;
-use cartwise_sync_core::intents::{Intent, IntentId, IntentKind, read_intents_doc};
+use cartwise_sync_core::intents::{
+    Intent, IntentId, IntentKind, KioskLanguage, OtpFallback, read_intents_doc,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
@@ -61,6 +67,12 @@ pub const POST_NOTES_SHOWN_MAX: usize = 20;
 
 /// `branch_settings` key of the rental time override.
 const SETTING_RENTAL_MINUTES: &str = "rental_minutes";
+
+/// `branch_settings` key of the sign-in policy while SMS cannot be sent (`refuse`, `token`).
+const SETTING_OTP_POLICY: &str = "otp_when_sms_unavailable";
+
+/// `branch_settings` key of the kiosk's default answer language (`he`, `en`).
+const SETTING_LANGUAGE: &str = "kiosk_language";
 
 /// One intent this device recorded, for the admin view.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -150,14 +162,33 @@ fn assign_outcome(rental: &crate::ledger::RentalRow) -> Option<(OutcomeStatus, S
 
 /// The rental time set by the hub's latest `set_rental_minutes`, if any.
 pub(crate) fn rental_minutes_override(conn: &Connection) -> Result<Option<u32>, StoreError> {
-    let value: Option<String> = conn
+    Ok(setting(conn, SETTING_RENTAL_MINUTES)?.and_then(|v| v.parse().ok()))
+}
+
+/// One `branch_settings` value, if set.
+fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
         .query_row(
             "SELECT value FROM branch_settings WHERE key = ?1",
-            [SETTING_RENTAL_MINUTES],
+            [key],
             |r| r.get(0),
         )
-        .optional()?;
-    Ok(value.and_then(|v| v.parse().ok()))
+        .optional()?)
+}
+
+/// Records a setting an intent made (the latest intent wins).
+fn put_setting(
+    conn: &Connection,
+    key: &str,
+    value: &str,
+    intent: &Intent,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO branch_settings (key, value, intent) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, intent = excluded.intent",
+        params![key, value, intent.id.to_string()],
+    )?;
+    Ok(())
 }
 
 /// Whether `post` is in maintenance because an `unlock_post` intent opened it: a cart latched
@@ -483,6 +514,35 @@ fn start(
                 ],
             )?;
             let detail = format!("new rentals last {minutes} minutes");
+            conclude(
+                conn,
+                state,
+                intent,
+                OutcomeStatus::Applied,
+                &detail,
+                reading,
+            )?;
+            Ok(None)
+        }
+        IntentKind::SetOtpPolicy {
+            when_sms_unavailable,
+        } => {
+            put_setting(
+                conn,
+                SETTING_OTP_POLICY,
+                when_sms_unavailable.as_str(),
+                intent,
+            )?;
+            let detail = match when_sms_unavailable {
+                OtpFallback::Refuse => "while SMS is unavailable, sign-in is refused",
+                OtpFallback::Token => "while SMS is unavailable, a valid shopper token rents",
+            };
+            conclude(conn, state, intent, OutcomeStatus::Applied, detail, reading)?;
+            Ok(None)
+        }
+        IntentKind::SetLanguage { language } => {
+            put_setting(conn, SETTING_LANGUAGE, language.as_str(), intent)?;
+            let detail = format!("the kiosk answers in {} by default", language.as_str());
             conclude(
                 conn,
                 state,
@@ -1007,6 +1067,26 @@ impl Engine {
         let configured = self.config.rental_minutes;
         self.store
             .read(move |conn, _| Ok(rental_minutes_override(conn)?.unwrap_or(configured)))
+            .await
+    }
+
+    /// The sign-in policy while SMS cannot be sent that the hub's latest `set_otp_policy`
+    /// set, if any (else the configuration's stands).
+    pub async fn otp_policy_override(&self) -> Result<Option<OtpFallback>, StoreError> {
+        self.store
+            .read(|conn, _| {
+                Ok(setting(conn, SETTING_OTP_POLICY)?.and_then(|v| OtpFallback::parse(&v)))
+            })
+            .await
+    }
+
+    /// The kiosk's default answer language the hub's latest `set_language` set, if any (else
+    /// Hebrew).
+    pub async fn language_override(&self) -> Result<Option<KioskLanguage>, StoreError> {
+        self.store
+            .read(|conn, _| {
+                Ok(setting(conn, SETTING_LANGUAGE)?.and_then(|v| KioskLanguage::parse(&v)))
+            })
             .await
     }
 }

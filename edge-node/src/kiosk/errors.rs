@@ -1,19 +1,25 @@
 //! Kiosk answers that are not successes: one `KioskError` per failure, answered as
 //! `{"detail": …}` in the shopper's language, with the status code the existing API used.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use cartwise_sync_core::intents::KioskLanguage;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::Kiosk;
 use crate::engine::{LendError, ReturnError};
 use crate::shopper::ShopperMessage;
 use crate::store::StoreError;
 
-/// The shopper's language: Hebrew first, English on request.
+/// The shopper's language: Hebrew first, English on request. A request without
+/// `Accept-Language` gets the branch's default: Hebrew, or what the hub's latest
+/// `set_language` intent set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
     He,
@@ -21,12 +27,20 @@ pub enum Lang {
 }
 
 impl Lang {
-    /// From `Accept-Language`: English only when it asks for English first.
+    /// From `Accept-Language`: English only when it asks for English first; Hebrew when the
+    /// header is absent.
     pub fn of(headers: &HeaderMap) -> Lang {
-        let wanted = headers
+        Lang::of_or(headers, Lang::He)
+    }
+
+    /// From `Accept-Language`, or `default` when the request carries none.
+    pub fn of_or(headers: &HeaderMap, default: Lang) -> Lang {
+        let Some(wanted) = headers
             .get(axum::http::header::ACCEPT_LANGUAGE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("he");
+        else {
+            return default;
+        };
         if wanted.trim_start().to_ascii_lowercase().starts_with("en") {
             Lang::En
         } else {
@@ -35,11 +49,29 @@ impl Lang {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Lang {
+impl FromRequestParts<Arc<Kiosk>> for Lang {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Lang::of(&parts.headers))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        kiosk: &Arc<Kiosk>,
+    ) -> Result<Self, Self::Rejection> {
+        if parts
+            .headers
+            .contains_key(axum::http::header::ACCEPT_LANGUAGE)
+        {
+            return Ok(Lang::of(&parts.headers));
+        }
+        // The hub's `set_language` overrides the Hebrew default.
+        let default = match kiosk.engine.language_override().await {
+            Ok(Some(KioskLanguage::En)) => Lang::En,
+            Ok(Some(KioskLanguage::He) | None) => Lang::He,
+            Err(error) => {
+                tracing::warn!(%error, "reading the kiosk language setting failed");
+                Lang::He
+            }
+        };
+        Ok(default)
     }
 }
 

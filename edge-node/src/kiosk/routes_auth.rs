@@ -8,12 +8,13 @@ use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use cartwise_schema::{MonoMillis, OTP_TTL_MS, Phone};
+use cartwise_sync_core::intents::OtpFallback;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::errors::{Body, KioskError, KioskMessage, Lang};
 use super::{Kiosk, bearer};
-use crate::shopper::{KioskKey, ShopperMessage};
+use crate::shopper::{KioskKey, ShopperMessage, SmsUnavailablePolicy};
 
 #[derive(Debug, Deserialize)]
 pub struct PhoneBody {
@@ -85,11 +86,7 @@ pub async fn request_otp(
         }
     }
     let Some(sms) = kiosk.sms.clone() else {
-        let policy = kiosk
-            .auth
-            .lock()
-            .map(|a| a.sms_unavailable_policy())
-            .unwrap_or_default();
+        let policy = sms_policy(&kiosk).await;
         return Err(KioskError::shopper(
             lang,
             ShopperMessage::SmsUnavailable { policy },
@@ -112,11 +109,7 @@ pub async fn request_otp(
             .sms_down
             .store(error.is_unavailable(), Ordering::Relaxed);
         tracing::warn!(%error, sender = sms.name(), "the OTP SMS was not sent");
-        let message = kiosk
-            .auth
-            .lock()
-            .map(|a| a.sms_failure_message(&error))
-            .unwrap_or(ShopperMessage::SmsFailed);
+        let message = ShopperMessage::for_sms_error(&error, sms_policy(&kiosk).await);
         return Err(KioskError::shopper(lang, message));
     }
     kiosk.sms_down.store(false, Ordering::Relaxed);
@@ -164,9 +157,31 @@ pub async fn verify_otp(
     })))
 }
 
+/// The branch's policy while SMS cannot be sent: the hub's latest `set_otp_policy` if one was
+/// applied, else the configuration's (`[shopper] sms_unavailable`).
+pub async fn sms_policy(kiosk: &Kiosk) -> SmsUnavailablePolicy {
+    match kiosk.engine.otp_policy_override().await {
+        Ok(Some(OtpFallback::Refuse)) => SmsUnavailablePolicy::Refuse,
+        Ok(Some(OtpFallback::Token)) => SmsUnavailablePolicy::AllowToken,
+        Ok(None) => kiosk
+            .auth
+            .lock()
+            .map(|a| a.sms_unavailable_policy())
+            .unwrap_or_default(),
+        Err(error) => {
+            tracing::warn!(%error, "reading the sign-in policy setting failed");
+            kiosk
+                .auth
+                .lock()
+                .map(|a| a.sms_unavailable_policy())
+                .unwrap_or_default()
+        }
+    }
+}
+
 /// Who may rent: a valid bearer token for the phone, or a code verified now or just before.
 /// While SMS is down and the branch refuses, even tokens are refused.
-pub fn authorize_rent(
+pub async fn authorize_rent(
     kiosk: &Kiosk,
     lang: Lang,
     headers: &HeaderMap,
@@ -176,11 +191,11 @@ pub fn authorize_rent(
 ) -> Result<(), KioskError> {
     let now = kiosk.engine.now();
     if let Some(token) = bearer(headers) {
+        let policy = sms_policy(kiosk).await;
         let auth = kiosk
             .auth
             .lock()
             .map_err(|e| KioskError::internal(lang, &e))?;
-        let policy = auth.sms_unavailable_policy();
         if kiosk.sms_down() && !policy.token_path_serves() {
             return Err(KioskError::shopper(
                 lang,

@@ -56,7 +56,8 @@ pub async fn assign(
         &phone,
         body.otp_code.as_deref(),
         peer,
-    )?;
+    )
+    .await?;
     let lent = kiosk
         .engine
         .lend(&phone)
