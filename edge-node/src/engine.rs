@@ -18,6 +18,7 @@ mod lend;
 mod query;
 mod rotation;
 mod sense;
+pub mod settings;
 mod sync;
 
 use std::collections::BTreeSet;

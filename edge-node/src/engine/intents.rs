@@ -43,13 +43,15 @@
 
 use cartwise_schema::{HookState, Phone, PostNo, RentalId, RentalStatus};
 use cartwise_sync_core::facts::OutcomeStatus;
-use cartwise_sync_core::intents::{
-    Intent, IntentId, IntentKind, KioskLanguage, OtpFallback, read_intents_doc,
-};
+use cartwise_sync_core::intents::{Intent, IntentId, IntentKind, OtpFallback, read_intents_doc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use super::lend::LendError;
+use super::settings::{
+    FIRMWARE_CURRENT, SETTING_FIRMWARE, SETTING_LANGUAGE, SETTING_OTP_POLICY,
+    SETTING_RENTAL_MINUTES, put_setting,
+};
 use super::{EdgeState, Engine};
 use crate::cu16::{BoardAddress, Lock, UnlockOutcome};
 use crate::ledger::{self, PostRow, Service};
@@ -64,15 +66,6 @@ pub const INTENT_RUNS_LIST_MAX: usize = 200;
 
 /// Notes of one post shown at most.
 pub const POST_NOTES_SHOWN_MAX: usize = 20;
-
-/// `branch_settings` key of the rental time override.
-const SETTING_RENTAL_MINUTES: &str = "rental_minutes";
-
-/// `branch_settings` key of the sign-in policy while SMS cannot be sent (`refuse`, `token`).
-const SETTING_OTP_POLICY: &str = "otp_when_sms_unavailable";
-
-/// `branch_settings` key of the kiosk's default answer language (`he`, `en`).
-const SETTING_LANGUAGE: &str = "kiosk_language";
 
 /// One intent this device recorded, for the admin view.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -99,29 +92,6 @@ pub struct StaffNote {
     /// When the hub recorded it (Unix ms).
     pub created_at: i64,
     pub created_by: String,
-}
-
-/// `branch_settings` key of the desired firmware version.
-const SETTING_FIRMWARE: &str = "firmware_version";
-
-/// The version this build is.
-pub const FIRMWARE_CURRENT: &str = env!("CARGO_PKG_VERSION");
-
-/// The firmware this device runs and the one the hub asked for, for `/health`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Firmware {
-    pub current: String,
-    pub desired: Option<String>,
-}
-
-fn firmware_desired(conn: &Connection) -> Result<Option<String>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT value FROM branch_settings WHERE key = ?1",
-            [SETTING_FIRMWARE],
-            |r| r.get(0),
-        )
-        .optional()?)
 }
 
 /// Links the rental just begun for an `assign_cart` run to it (same transaction as the rental).
@@ -158,37 +128,6 @@ fn assign_outcome(rental: &crate::ledger::RentalRow) -> Option<(OutcomeStatus, S
         | RentalStatus::ReturnedLate
         | RentalStatus::ClosedByStaff => Some((OutcomeStatus::Applied, lent())),
     }
-}
-
-/// The rental time set by the hub's latest `set_rental_minutes`, if any.
-pub(crate) fn rental_minutes_override(conn: &Connection) -> Result<Option<u32>, StoreError> {
-    Ok(setting(conn, SETTING_RENTAL_MINUTES)?.and_then(|v| v.parse().ok()))
-}
-
-/// One `branch_settings` value, if set.
-fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT value FROM branch_settings WHERE key = ?1",
-            [key],
-            |r| r.get(0),
-        )
-        .optional()?)
-}
-
-/// Records a setting an intent made (the latest intent wins).
-fn put_setting(
-    conn: &Connection,
-    key: &str,
-    value: &str,
-    intent: &Intent,
-) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO branch_settings (key, value, intent) VALUES (?1, ?2, ?3)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value, intent = excluded.intent",
-        params![key, value, intent.id.to_string()],
-    )?;
-    Ok(())
 }
 
 /// Whether `post` is in maintenance because an `unlock_post` intent opened it: a cart latched
@@ -635,11 +574,7 @@ fn start(
             Ok(None)
         }
         IntentKind::SetFirmware { version } => {
-            conn.execute(
-                "INSERT INTO branch_settings (key, value, intent) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, intent = excluded.intent",
-                params![SETTING_FIRMWARE, version, intent.id.to_string()],
-            )?;
+            put_setting(conn, SETTING_FIRMWARE, version, intent)?;
             let detail = if version == FIRMWARE_CURRENT {
                 format!("running {FIRMWARE_CURRENT}, as desired")
             } else {
@@ -913,18 +848,6 @@ impl Engine {
             .await
     }
 
-    /// The firmware this device runs and the one the hub last asked for.
-    pub async fn firmware(&self) -> Result<Firmware, StoreError> {
-        self.store
-            .read(|conn, _| {
-                Ok(Firmware {
-                    current: FIRMWARE_CURRENT.to_owned(),
-                    desired: firmware_desired(conn)?,
-                })
-            })
-            .await
-    }
-
     /// Settles unlock runs left `executing` by an interruption, from what the board senses
     /// (only boards read since this process started, only once the bus answers, only runs
     /// older than `reconcile_after`).
@@ -1058,34 +981,6 @@ impl Engine {
                     })
                 })?;
                 Ok(rows.collect::<Result<_, _>>()?)
-            })
-            .await
-    }
-
-    /// The rental time new rentals get: the hub's override if any, else the configuration.
-    pub async fn rental_minutes(&self) -> Result<u32, StoreError> {
-        let configured = self.config.rental_minutes;
-        self.store
-            .read(move |conn, _| Ok(rental_minutes_override(conn)?.unwrap_or(configured)))
-            .await
-    }
-
-    /// The sign-in policy while SMS cannot be sent that the hub's latest `set_otp_policy`
-    /// set, if any (else the configuration's stands).
-    pub async fn otp_policy_override(&self) -> Result<Option<OtpFallback>, StoreError> {
-        self.store
-            .read(|conn, _| {
-                Ok(setting(conn, SETTING_OTP_POLICY)?.and_then(|v| OtpFallback::parse(&v)))
-            })
-            .await
-    }
-
-    /// The kiosk's default answer language the hub's latest `set_language` set, if any (else
-    /// Hebrew).
-    pub async fn language_override(&self) -> Result<Option<KioskLanguage>, StoreError> {
-        self.store
-            .read(|conn, _| {
-                Ok(setting(conn, SETTING_LANGUAGE)?.and_then(|v| KioskLanguage::parse(&v)))
             })
             .await
     }

@@ -295,7 +295,7 @@ fn begin_lend(
     };
     let at = state.stamp(tx, reading)?;
     // The hub's `set_rental_minutes` intent, when one was applied, overrides the configuration.
-    let minutes = super::intents::rental_minutes_override(tx)?.unwrap_or(minutes);
+    let minutes = super::settings::rental_minutes_override(tx)?.unwrap_or(minutes);
     let rental = RentalRow {
         id,
         phone,
