@@ -4,7 +4,9 @@
 //! a scratch database:
 //!
 //! - ingest: rental events per second reaching Postgres (each device lends N rentals, syncs,
-//!   returns them, syncs: 2·N events per device), beside a raw `COPY` of the same rows;
+//!   returns them, syncs: 2·N events per device), beside a raw `COPY` of the same rows; then
+//!   the same again with the devices' document writes made before the clock starts (the hub's
+//!   share alone: in the field the edges' Automerge work runs on their own machines);
 //! - edge → Postgres latency: each device writes one rental and syncs, all at once, R rounds;
 //!   the time from the device's commit until the hub answers the message carrying it (the
 //!   hub answers after the transaction holding the rental row committed), p50/p99.
@@ -203,8 +205,8 @@ async fn round(
         .map(|mut device| {
             let server = Arc::clone(server);
             tokio::spawn(async move {
-                let since = Instant::now();
                 step(&mut device);
+                let since = Instant::now();
                 let latency = device.sync(&server, since).await;
                 (device, latency)
             })
@@ -321,6 +323,27 @@ async fn main() {
         "every rental reached Postgres"
     );
 
+    // The same again with the devices' writes made before the clock starts: on separate
+    // machines the edges' Automerge work is not the hub's.
+    let mut devices = devices;
+    devices.iter_mut().for_each(lend);
+    let started = Instant::now();
+    let (mut devices, _) = round(&server, devices, |_| {}).await;
+    let mut hub_only = started.elapsed();
+    devices.iter_mut().for_each(Device::return_all);
+    let started = Instant::now();
+    let (devices, _) = round(&server, devices, |_| {}).await;
+    hub_only += started.elapsed();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rentals WHERE status = 'returned'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows as usize,
+        2 * device_count * rentals_each,
+        "every rental reached Postgres"
+    );
+
     // Latency: one new rental per device, all devices at once, several rounds.
     let mut latencies = Vec::new();
     let mut devices = devices;
@@ -334,6 +357,7 @@ async fn main() {
 
     let copy = raw_copy(&pool, events).await;
     let ingest_rate = events as f64 / ingest.as_secs_f64();
+    let hub_only_rate = events as f64 / hub_only.as_secs_f64();
     let copy_rate = events as f64 / copy.as_secs_f64();
     let p50 = percentile(&latencies, 0.50);
     let p99 = percentile(&latencies, 0.99);
@@ -351,6 +375,10 @@ async fn main() {
     );
     println!("| ingest / COPY | {:.3} |", ingest_rate / copy_rate);
     println!(
+        "| ingest, device writes made before the clock | {hub_only_rate:.0} events/s ({:.3} × COPY) |",
+        hub_only_rate / copy_rate
+    );
+    println!(
         "| edge → Postgres latency ({} samples) | p50 {:.1} ms, p99 {:.1} ms |",
         latencies.len(),
         p50.as_secs_f64() * 1e3,
@@ -364,6 +392,8 @@ async fn main() {
             "ingest_events_per_second": ingest_rate,
             "copy_rows_per_second": copy_rate,
             "ingest_over_copy": ingest_rate / copy_rate,
+            "ingest_hub_only_events_per_second": hub_only_rate,
+            "ingest_hub_only_over_copy": hub_only_rate / copy_rate,
             "latency_ms": { "p50": p50.as_secs_f64() * 1e3, "p99": p99.as_secs_f64() * 1e3,
                             "samples": latencies.len() },
             "transport": "in-process merge API (no QUIC)",

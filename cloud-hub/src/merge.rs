@@ -8,7 +8,15 @@
 //! worker pass costs one transaction for everything queued, and per document O(changes).
 //!
 //! - Sharding: documents are spread over workers by branch, so one branch's documents are
-//!   always merged by the same worker, in order, and its cache needs no lock.
+//!   always merged by the same worker, in order, and its cache needs no lock; the
+//!   projection's cross-device steps of a branch (a return closing another device's rental)
+//!   never race inside one process. Within a pass the Automerge work is spread over one
+//!   blocking task per core, each document whole on one task, so a branch with many devices
+//!   still uses every core.
+//! - Reading facts: `merge/read.rs` reads each map of a document once (`map_range`) instead of
+//!   a seek per field; reading a device's facts after every merge was most of a pass.
+//! - Other hub processes learn what a pass wrote from a `NOTIFY` sent at commit
+//!   (`events::DOC_WRITTEN_CHANNEL`), not from waiting for a poll.
 //! - Cache validity across hub processes: the pass locks the rows it writes
 //!   (`docs_store::lock_versions`) and compares each row's `version` with its cached copy's;
 //!   a mismatch (another process wrote) reloads the document. A failed pass drops its
@@ -24,6 +32,7 @@
 //! keeps state that is not also in Postgres (the cache is a copy, checked before use).
 
 pub mod events;
+pub mod read;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -137,9 +146,8 @@ impl Merger {
     pub fn spawn(pool: PgPool, events: Arc<BranchEvents>) -> Merger {
         // Two per core: a worker waits on Postgres for part of each pass, and another
         // worker's Automerge work fills that time.
-        let count = std::thread::available_parallelism()
-            .map_or(1, |n| n.get().saturating_mul(2))
-            .clamp(2, MERGE_WORKERS_MAX);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let count = cores.saturating_mul(2).clamp(2, MERGE_WORKERS_MAX);
         let workers = (0..count)
             .map(|_| {
                 let (sender, receiver) = mpsc::channel(MERGE_QUEUE_MAX);
@@ -148,6 +156,7 @@ impl Merger {
                     events: Arc::clone(&events),
                     cache: HashMap::new(),
                     tick: 0,
+                    apply_tasks: cores,
                 };
                 tokio::spawn(worker.run(receiver));
                 sender
@@ -209,6 +218,8 @@ struct Worker {
     events: Arc<BranchEvents>,
     cache: HashMap<DocId, Cached>,
     tick: u64,
+    /// Blocking tasks a pass's Automerge work is spread over (one per core).
+    apply_tasks: usize,
 }
 
 /// One document's share of a pass, going to the blocking pool.
@@ -339,13 +350,8 @@ impl Worker {
             });
         }
         let loaded_at = Instant::now();
-        let results = tokio::task::spawn_blocking(move || {
-            tasks.into_iter().map(merge_doc).collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        let mut results = apply_parallel(tasks, self.apply_tasks).await?;
         let applied_at = Instant::now();
-        let mut results = results;
         let stored = store_results(&mut tx, &mut results).await?;
         let stored_at = Instant::now();
         let mut answers = Vec::new();
@@ -369,6 +375,12 @@ impl Worker {
         docs_store::save_states(&mut tx, &states)
             .await
             .map_err(|e| e.to_string())?;
+        let written: Vec<String> = keep
+            .iter()
+            .filter(|(.., (_, changed))| *changed)
+            .map(|(doc, branch, .., (version, _))| events::written_payload(*doc, *branch, *version))
+            .collect();
+        announce_written(&mut tx, &written).await?;
         tx.commit().await.map_err(|e| e.to_string())?;
         tracing::debug!(
             jobs = answers.len(),
@@ -418,6 +430,53 @@ impl Worker {
             },
         );
     }
+}
+
+/// Announces the pass's written documents to other hub processes (`NOTIFY`, delivered at
+/// commit, so only what Postgres holds is announced), in one statement.
+async fn announce_written(conn: &mut PgConnection, payloads: &[String]) -> Result<(), String> {
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS t(p)")
+        .bind(events::DOC_WRITTEN_CHANNEL)
+        .bind(payloads)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Applies a pass's documents on up to `parts` blocking tasks at once, each document whole on
+/// one of them (its jobs in order), and returns the results in the documents' order.
+async fn apply_parallel(tasks: Vec<DocTask>, parts: usize) -> Result<Vec<DocResult>, String> {
+    let count = tasks.len();
+    let parts = parts.clamp(1, count.max(1));
+    let mut shares: Vec<Vec<(usize, DocTask)>> = (0..parts).map(|_| Vec::new()).collect();
+    for (k, task) in tasks.into_iter().enumerate() {
+        shares[k % parts].push((k, task));
+    }
+    let handles: Vec<_> = shares
+        .into_iter()
+        .map(|share| {
+            tokio::task::spawn_blocking(move || {
+                share
+                    .into_iter()
+                    .map(|(k, task)| (k, merge_doc(task)))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut slots: Vec<Option<DocResult>> = (0..count).map(|_| None).collect();
+    for handle in handles {
+        for (k, result) in handle.await.map_err(|e| e.to_string())? {
+            slots[k] = Some(result);
+        }
+    }
+    slots
+        .into_iter()
+        .map(|slot| slot.ok_or_else(|| "a document's merge did not finish".to_owned()))
+        .collect()
 }
 
 fn writes(job: &Job) -> bool {
@@ -674,7 +733,7 @@ fn merge_doc(task: DocTask) -> DocResult {
     });
     let facts = match doc {
         DocId::Device { .. } if write.is_some() || (received && writable) => {
-            Some(read_device_doc(&document))
+            Some(read_device_doc(&read::MapView::new(&document)))
         }
         DocId::Device { .. } => previous_facts.clone(),
         DocId::BranchIntents { .. } => None,

@@ -611,3 +611,60 @@ async fn a_relayed_document_is_readable_and_not_writable(pool: PgPool) {
     let stored = docs_store::load(&pool, &doc).await.unwrap();
     assert_eq!(stored.get_heads(), a.doc.get_heads());
 }
+
+/// What one hub process merges reaches another process's branch broadcast by the `NOTIFY`
+/// sent at commit, not by its version poll (whose next round is far off), and once only.
+#[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
+async fn another_hub_process_hears_of_a_merge_at_commit(pool: PgPool) {
+    seed_world(&pool).await;
+    let one = SyncServer::new(pool.clone(), Arc::new(HubClock::new()));
+    let two = SyncServer::new(pool.clone(), Arc::new(HubClock::new()));
+    let mut heard = two.events().subscribe(BranchId::parse(BRANCH).unwrap());
+    // The listener of process two is connected once an intents notification reaches it.
+    let mut device = Device::new(DeviceId::parse(PI_1).unwrap());
+    let doc = DocId::device(device.id);
+    let mut ready = false;
+    for _ in 0..100 {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(cartwise_cloud_hub::intents::DOC_CHANGED_CHANNEL)
+            .bind(DocId::branch_intents(BranchId::parse(BRANCH).unwrap()).to_string())
+            .execute(&pool)
+            .await
+            .unwrap();
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(std::time::Duration::from_millis(100), heard.recv()).await
+        {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "process two listens for notifications");
+    device.rental(rental_id(1), 1, "active", T0, None);
+    device.sync(&one).await;
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match heard.recv().await {
+                Ok(changed) if changed == doc => return changed,
+                Ok(_) => {}
+                Err(error) => panic!("{error}"),
+            }
+        }
+    })
+    .await
+    .expect("process two hears of the merged document");
+    assert_eq!(got, doc);
+    // Process two knows that version now: hearing it again publishes nothing.
+    let (version, branch): (i64, uuid::Uuid) =
+        sqlx::query_as("SELECT version, branch_id FROM sync_documents WHERE doc_id = $1")
+            .bind(doc.to_string())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    two.events()
+        .written(&cartwise_cloud_hub::merge::events::written_payload(
+            doc,
+            BranchId::from_uuid(branch),
+            version,
+        ));
+    assert!(heard.try_recv().is_err());
+}

@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
-use automerge::AutoCommit;
+use automerge::{AutoCommit, ChangeHash};
 use cartwise_schema::{ChainId, DeviceId};
 use cartwise_sync_core::authority::changes_in;
 use cartwise_sync_core::facts::read_device_doc;
@@ -81,10 +81,29 @@ pub enum DocRefusal {
     Authority(String),
 }
 
+/// A held document in memory and how much of it is on disk.
+struct Held {
+    document: AutoCommit,
+    /// The heads already stored (snapshot plus change log): a persist appends only the changes
+    /// that follow them. Automerge's own incremental-save cursor starts empty after a load, and
+    /// asking it then would re-encode and re-hash the whole history.
+    saved_heads: Vec<ChangeHash>,
+}
+
+impl Held {
+    fn new(mut document: AutoCommit) -> Self {
+        let saved_heads = document.get_heads();
+        Held {
+            document,
+            saved_heads,
+        }
+    }
+}
+
 /// The documents of other writers loaded so far (the store thread's cache).
 #[derive(Default)]
 pub(crate) struct HeldDocs {
-    docs: BTreeMap<DocId, AutoCommit>,
+    docs: BTreeMap<DocId, Held>,
     /// Whether the intents may have something to do (set on load and whenever the intents
     /// document changes; cleared when a scan left nothing waiting).
     pub(crate) intents_dirty: bool,
@@ -113,14 +132,20 @@ impl HeldDocs {
         conn: &Connection,
         doc: DocId,
     ) -> Result<Option<&mut AutoCommit>, StoreError> {
+        Ok(self.entry(conn, doc)?.map(|held| &mut held.document))
+    }
+
+    fn entry(&mut self, conn: &Connection, doc: DocId) -> Result<Option<&mut Held>, StoreError> {
         match self.docs.entry(doc) {
             Entry::Occupied(loaded) => Ok(Some(loaded.into_mut())),
-            Entry::Vacant(slot) => Ok(load_held(conn, doc)?.map(|loaded| slot.insert(loaded))),
+            Entry::Vacant(slot) => {
+                Ok(load_held(conn, doc)?.map(|loaded| slot.insert(Held::new(loaded))))
+            }
         }
     }
 
-    fn insert(&mut self, doc: DocId, document: AutoCommit) -> &mut AutoCommit {
-        self.docs.entry(doc).or_insert(document)
+    fn insert(&mut self, doc: DocId, document: AutoCommit) {
+        self.docs.entry(doc).or_insert_with(|| Held::new(document));
     }
 
     fn forget(&mut self, doc: &DocId) {
@@ -153,28 +178,31 @@ fn load_held(conn: &Connection, doc: DocId) -> Result<Option<AutoCommit>, StoreE
     } else {
         AutoCommit::load(&snapshot).map_err(doc_error)?
     };
+    // One `load_incremental` for the whole log: each call has a fixed cost.
     let mut stmt =
         conn.prepare_cached("SELECT bytes FROM held_doc_changes WHERE doc = ?1 ORDER BY seq")?;
     let chunks = stmt.query_map([&name], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut log = Vec::new();
     for chunk in chunks {
-        document.load_incremental(&chunk?).map_err(doc_error)?;
+        log.extend_from_slice(&chunk?);
     }
-    // Everything loaded is on disk: the next persist appends only new changes.
-    let _ = document.save_incremental();
+    if !log.is_empty() {
+        document.load_incremental(&log).map_err(doc_error)?;
+    }
+    // Everything loaded is on disk: its heads are the save cursor (`Held::new`), nothing is
+    // re-encoded here.
     Ok(Some(document))
 }
 
-/// Appends the document's new changes; compacts into the snapshot every `HELD_CHANGES_MAX`.
-fn persist_held(
-    conn: &Connection,
-    doc: DocId,
-    document: &mut AutoCommit,
-) -> Result<(), StoreError> {
+/// Appends the document's changes made since it was last stored; compacts into the snapshot
+/// every `HELD_CHANGES_MAX`.
+fn persist_held(conn: &Connection, doc: DocId, held: &mut Held) -> Result<(), StoreError> {
     let name = doc.to_string();
-    let chunk = document.save_incremental();
+    let chunk = held.document.save_after(&held.saved_heads);
     if chunk.is_empty() {
         return Ok(());
     }
+    held.saved_heads = held.document.get_heads();
     let appended: i64 = conn.query_row(
         "SELECT count(*) FROM held_doc_changes WHERE doc = ?1",
         [&name],
@@ -183,7 +211,7 @@ fn persist_held(
     if appended + 1 >= HELD_CHANGES_MAX {
         conn.execute(
             "UPDATE held_docs SET snapshot = ?2 WHERE doc = ?1",
-            params![name, document.save()],
+            params![name, held.document.save()],
         )?;
         conn.execute("DELETE FROM held_doc_changes WHERE doc = ?1", [&name])?;
     } else {
@@ -427,10 +455,11 @@ impl Engine {
                     start_holding(tx, state, doc)?.map_err(StoreError::from)?;
                 }
                 let mut sync = load_state(tx, &peer, doc)?;
-                let document = state
+                let held = state
                     .held
-                    .get(tx, doc)?
+                    .entry(tx, doc)?
                     .ok_or_else(|| doc_error(format!("{doc} vanished")))?;
+                let document = &mut held.document;
                 let received = sync
                     .receive(document, &body, &hub_actors)
                     .map_err(|error| match error {
@@ -443,10 +472,10 @@ impl Engine {
                 save_state(tx, &peer, &sync)?;
                 let mut intents_changed = false;
                 if received.heads_changed {
-                    persist_held(tx, doc, document)?;
+                    persist_held(tx, doc, held)?;
                     match doc {
                         DocId::Device { .. } => {
-                            let facts = read_device_doc(&*document);
+                            let facts = read_device_doc(&held.document);
                             if facts.branch.is_some_and(|named| named != branch) {
                                 return Err(DocRefusal::OtherBranch { doc }.into());
                             }
@@ -482,5 +511,70 @@ pub(crate) fn newest_intents<'a>(
     match newest {
         Some(doc) => state.held.get(conn, doc),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::open_connection;
+    use automerge::ROOT;
+    use automerge::transaction::Transactable;
+
+    fn log_rows(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM held_doc_changes", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_reloaded_held_document_appends_only_its_new_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(&dir.path().join("edge.db")).unwrap();
+        let writer = DeviceId::parse("0b1e3c2a-0000-4000-8000-000000001002").unwrap();
+        let doc = DocId::device(writer);
+        conn.execute(
+            "INSERT INTO held_docs (doc, snapshot) VALUES (?1, x'')",
+            [doc.to_string()],
+        )
+        .unwrap();
+        let actor = automerge::ActorId::from(writer.as_uuid().as_bytes().as_slice());
+        let mut held = Held::new(AutoCommit::new().with_actor(actor.clone()));
+        // Past one compaction, so the store holds a snapshot and a log.
+        for n in 0..(HELD_CHANGES_MAX + 5) {
+            held.document.put(ROOT, "n", n).unwrap();
+            persist_held(&conn, doc, &mut held).unwrap();
+        }
+        let before = log_rows(&conn);
+        assert!(before > 0 && before < HELD_CHANGES_MAX, "got {before} rows");
+
+        let mut reloaded = Held::new(load_held(&conn, doc).unwrap().unwrap());
+        assert_eq!(reloaded.document.get_heads(), held.document.get_heads());
+        // Loading stored nothing, and persisting with nothing new appends nothing.
+        persist_held(&conn, doc, &mut reloaded).unwrap();
+        assert_eq!(log_rows(&conn), before);
+
+        // A peer's next change: exactly that change is appended.
+        let previous = held.document.get_heads();
+        held.document.put(ROOT, "n", -1).unwrap();
+        let change = held.document.get_last_local_change().unwrap();
+        reloaded
+            .document
+            .load_incremental(change.raw_bytes())
+            .unwrap();
+        persist_held(&conn, doc, &mut reloaded).unwrap();
+        assert_eq!(log_rows(&conn), before + 1);
+        let appended: Vec<u8> = conn
+            .query_row(
+                "SELECT bytes FROM held_doc_changes ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let stored = automerge::Change::try_from(appended.as_slice()).unwrap();
+        assert_eq!(stored.raw_bytes().len(), appended.len(), "one change only");
+        assert_eq!(stored.deps(), previous.as_slice());
+
+        let mut again = load_held(&conn, doc).unwrap().unwrap();
+        assert_eq!(again.get_heads(), vec![change.hash()]);
     }
 }
