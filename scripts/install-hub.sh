@@ -21,9 +21,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SERVICE=cartwise-hub
 ACCOUNT=cartwise-hub
 
-say() { printf '==> %s\n' "$*"; }
-note() { printf '    %s\n' "$*"; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib-install.sh
+. "$repo/scripts/lib-install.sh"
 usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 prefix=/
@@ -44,13 +43,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-[ -n "$prefix" ] || die "--prefix must not be empty"
-mkdir -p "$prefix"
-prefix=$(cd "$prefix" && pwd)
-live=0
-[ "$prefix" = / ] && live=1
-# Paths as the running system sees them, and where this run writes them.
-root_path() { if [ "$live" = 1 ]; then printf '%s' "$1"; else printf '%s%s' "$prefix" "$1"; fi; }
+lib_resolve_prefix
 
 BIN_DIR=/usr/local/bin
 CONFIG_DIR=/etc/cartwise
@@ -61,9 +54,6 @@ UNIT_SOURCE=$repo/cloud-hub/deploy/$SERVICE.service
 CONFIG_SOURCE=$repo/cloud-hub/deploy/hub.env.example
 ALERTS_SOURCE=$repo/cloud-hub/deploy/alerts.yml
 ALERTS=/usr/local/share/cartwise/hub-alerts.yml
-
-is_root=0
-[ "$(id -u)" = 0 ] && is_root=1
 
 # --- the binary ------------------------------------------------------------------------------
 
@@ -77,35 +67,11 @@ fi
 [ -f "$binary" ] && [ -x "$binary" ] || die "$binary is not an executable file"
 binary=$(cd "$(dirname "$binary")" && pwd)/$(basename "$binary")
 
-# Installing to / as an ordinary user: the build is done, the rest runs as root.
-if [ "$live" = 1 ] && [ "$is_root" = 0 ]; then
-  command -v sudo >/dev/null || die "installing to / needs root: run as root or install sudo"
-  say "the remaining steps need root; running them with sudo"
-  exec sudo -- "$0" "${original_args[@]}" --binary "$binary"
-fi
+lib_reexec_as_root "$0" "$binary" "${original_args[@]}"
 
 for source in "$UNIT_SOURCE" "$CONFIG_SOURCE" "$ALERTS_SOURCE"; do
   [ -f "$source" ] || die "missing $source"
 done
-
-changed=()   # what this run changed; empty on a re-run that had nothing to do
-restart_needed=0
-
-# install_file SRC DEST MODE: copies only when the content or mode differs; replaces by rename so
-# a running binary is never written over in place.
-install_file() {
-  local src=$1 dest=$2 mode=$3
-  if [ -f "$dest" ] && cmp -s "$src" "$dest" && [ "$(stat -c %a "$dest")" = "${mode#0}" ]; then
-    note "unchanged  $dest"
-    return 1
-  fi
-  mkdir -p "$(dirname "$dest")"
-  install -m "$mode" "$src" "$dest.new.$$"
-  mv -f "$dest.new.$$" "$dest"
-  note "installed  $dest"
-  changed+=("$dest")
-  return 0
-}
 
 say "binary"
 if install_file "$binary" "$(root_path "$BIN_DIR/cartwise-hub")" 0755; then restart_needed=1; fi
@@ -131,39 +97,11 @@ fi
 
 # --- data directory --------------------------------------------------------------------------
 
-say "data directory"
-data=$(root_path "$DATA_DIR")
-if [ -d "$data" ]; then
-  note "exists     $data"
-else
-  mkdir -p "$data"
-  note "created    $data"
-  changed+=("$data")
-fi
-if [ "$(stat -c %a "$data")" != 750 ]; then chmod 0750 "$data"; changed+=("mode of $data"); fi
-if [ "$live" = 1 ] && [ "$(stat -c %U:%G "$data")" != "$ACCOUNT:$ACCOUNT" ]; then
-  chown "$ACCOUNT:$ACCOUNT" "$data"
-  changed+=("owner of $data")
-fi
+install_data_dir "$DATA_DIR"
 
 # --- configuration ---------------------------------------------------------------------------
 
-say "configuration"
-config=$(root_path "$CONFIG")
-mkdir -p "$(dirname "$config")"
-if [ -e "$config" ]; then
-  if cmp -s "$CONFIG_SOURCE" "$config"; then
-    note "kept       $config (still the example: set DATABASE_URL for this server)"
-  else
-    note "kept       $config (yours; compare with $CONFIG_SOURCE after upgrades)"
-  fi
-else
-  # 0640 root:cartwise-hub: it holds the database password.
-  install -m 0640 "$CONFIG_SOURCE" "$config"
-  [ "$live" = 1 ] && chown "root:$ACCOUNT" "$config"
-  note "created    $config from the example"
-  changed+=("$config")
-fi
+install_config "$CONFIG_SOURCE" "$CONFIG" "set DATABASE_URL for this server"
 
 # --- migrations ------------------------------------------------------------------------------
 
@@ -186,29 +124,7 @@ fi
 
 # --- systemd unit ----------------------------------------------------------------------------
 
-say "systemd unit"
-unit_changed=0
-if install_file "$UNIT_SOURCE" "$(root_path "$UNIT")" 0644; then unit_changed=1; restart_needed=1; fi
-
-systemd_running=0
-[ "$live" = 1 ] && [ -d /run/systemd/system ] && systemd_running=1
-if [ "$start" = 1 ] && [ "$systemd_running" = 1 ]; then
-  say "starting $SERVICE"
-  systemctl daemon-reload
-  systemctl enable --now "$SERVICE"
-  if [ "$restart_needed" = 1 ] || [ "$unit_changed" = 1 ]; then
-    systemctl try-restart "$SERVICE"
-  fi
-  systemctl --no-pager --lines=0 status "$SERVICE" || true
-else
-  if [ "$start" = 0 ]; then why="--no-start"
-  elif [ "$live" = 0 ]; then why="staging into $prefix"
-  else why="systemd is not running here"; fi
-  say "not starting the service ($why); to start it by hand on the server:"
-  note "sudo systemctl daemon-reload"
-  note "sudo systemctl enable --now $SERVICE"
-  note "without systemd: sudo -u $ACCOUNT sh -c 'set -a; . $CONFIG; exec $BIN_DIR/cartwise-hub serve'"
-fi
+install_unit "the server" "sudo -u $ACCOUNT sh -c 'set -a; . $CONFIG; exec $BIN_DIR/cartwise-hub serve'"
 
 # --- summary ---------------------------------------------------------------------------------
 
@@ -218,11 +134,7 @@ note "config   $config"
 note "data     $data"
 note "unit     $(root_path "$UNIT")"
 note "alerts   $(root_path "$ALERTS") (Prometheus rules for /metrics)"
-if [ ${#changed[@]} -eq 0 ]; then
-  note "nothing changed (already installed)"
-else
-  note "changed  ${#changed[@]} item(s)"
-fi
+lib_changed_summary
 cat <<EOT
 
 Next steps:

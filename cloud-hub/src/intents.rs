@@ -33,7 +33,7 @@ use std::time::Duration;
 use automerge::AutoCommit;
 use cartwise_schema::{BranchId, ChainId, DeviceId};
 use cartwise_sync_core::DocId;
-use cartwise_sync_core::facts::{OutcomeFact, OutcomeStatus, read_device_doc};
+use cartwise_sync_core::facts::read_device_doc;
 use cartwise_sync_core::intents::{
     self as doc, CREATED_BY_LEN_MAX, IntentId, IntentKind, NOTE_LEN_MAX, RENTAL_MINUTES_MAX,
 };
@@ -43,6 +43,12 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::docs_store::{self, DocWrite};
+
+mod branch;
+mod outcomes;
+
+pub use branch::{BatchAudit, create_for_branch};
+pub use outcomes::{OutcomesProjected, project_outcomes, project_outcomes_in};
 
 /// The Postgres `NOTIFY` channel on which a changed document's id is announced; hub processes
 /// serving sync `LISTEN` on it to push the document to connected devices.
@@ -90,14 +96,6 @@ impl IntentStatus {
             "failed" => Ok(IntentStatus::Failed),
             "expired" => Ok(IntentStatus::Expired),
             other => Err(IntentError::BadStatus(other.chars().take(32).collect())),
-        }
-    }
-
-    fn from_outcome(status: OutcomeStatus) -> Self {
-        match status {
-            OutcomeStatus::Applied => IntentStatus::Applied,
-            OutcomeStatus::Failed => IntentStatus::Failed,
-            OutcomeStatus::Expired => IntentStatus::Expired,
         }
     }
 }
@@ -187,17 +185,6 @@ pub struct IntentFilter {
     pub limit: Option<i64>,
 }
 
-/// What one outcome projection did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct OutcomesProjected {
-    /// Intents that left `pending`.
-    pub changed: u64,
-    /// Outcomes refused (for another device's intent or an unknown intent), with the reason.
-    pub refused: Vec<String>,
-    /// Outcomes that contradict an outcome already recorded (the first one stays).
-    pub conflicts: Vec<String>,
-}
-
 /// Why an intent could not be created or read. The messages go to operators and API users.
 #[derive(Debug, thiserror::Error)]
 pub enum IntentError {
@@ -235,6 +222,9 @@ pub enum IntentError {
     /// No branch has this id or code.
     #[error("no branch has the id or code {0:?}")]
     UnknownBranch(String),
+    /// The branch has no unrevoked device to send a setting to.
+    #[error("branch {0} has no enrolled device to send the setting to; register one first")]
+    NoDevices(BranchId),
     /// No intent has this id.
     #[error("no intent has the id {0}; see `cartwise-hub intent list`")]
     UnknownIntent(IntentId),
@@ -374,15 +364,25 @@ async fn try_create(
     actor: &Actor,
     now: DateTime<Utc>,
 ) -> Result<IntentId, IntentError> {
-    check_request(request, actor)?;
+    let ids = try_create_all(pool, std::slice::from_ref(request), actor, now, None).await?;
+    ids.first()
+        .copied()
+        .ok_or_else(|| IntentError::Invalid("no intent to create".into()))
+}
+
+/// Checks the device of `request`: it exists, is in the branch asked for and is not revoked;
+/// its post, if any, is its own. Returns its branch and chain.
+async fn check_device(
+    conn: &mut PgConnection,
+    request: &IntentRequest,
+) -> Result<(BranchId, ChainId), IntentError> {
     let device = request.device;
-    let mut tx = pool.begin().await.map_err(db("creating an intent"))?;
     let row = sqlx::query(
         "SELECT d.branch_id, b.chain_id, d.revoked_at IS NOT NULL
          FROM devices d JOIN branches b ON b.id = d.branch_id WHERE d.id = $1",
     )
     .bind(device.as_uuid())
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(db("finding the device"))?
     .ok_or(IntentError::UnknownDevice(device))?;
@@ -399,67 +399,127 @@ async fn try_create(
         return Err(IntentError::DeviceRevoked(device));
     }
     if let Some(post) = request.kind.post() {
-        check_post(&mut tx, device, branch, post).await?;
+        check_post(conn, device, branch, post).await?;
     }
+    Ok((branch, chain))
+}
+
+/// Writes `requests` (all to devices of one branch) in one transaction: the document change,
+/// one `intents` row each, and the audit: one `intent.created` row per intent, or, with
+/// `batch`, one row with that action listing them all. One `NOTIFY` for the document.
+async fn try_create_all(
+    pool: &PgPool,
+    requests: &[IntentRequest],
+    actor: &Actor,
+    now: DateTime<Utc>,
+    batch: Option<&BatchAudit>,
+) -> Result<Vec<IntentId>, IntentError> {
+    for request in requests {
+        check_request(request, actor)?;
+    }
+    let mut tx = pool.begin().await.map_err(db("creating an intent"))?;
+    let mut place: Option<(BranchId, ChainId)> = None;
+    for request in requests {
+        let found = check_device(&mut tx, request).await?;
+        if let Some((branch, _)) = place.filter(|p| p.0 != found.0) {
+            return Err(IntentError::WrongBranch {
+                device: request.device,
+                asked: branch,
+                actual: found.0,
+            });
+        }
+        place = Some(found);
+    }
+    let Some((branch, chain)) = place else {
+        return Ok(Vec::new());
+    };
 
     let now_ms = now.timestamp_millis();
     let created_at = DateTime::from_timestamp_millis(now_ms).unwrap_or(now);
-    let expires_in = request
-        .expires_in
-        .or_else(|| default_expires_in(&request.kind));
-    let expires_at = expires_in
-        .and_then(|ttl| chrono::Duration::from_std(ttl).ok())
-        .map(|ttl| created_at + ttl);
-    let id = IntentId::from_uuid(Uuid::now_v7());
-    let intent = doc::Intent {
-        id,
-        device,
-        kind: request.kind.clone(),
-        created_at: now_ms,
-        created_by: actor.name.trim().to_owned(),
-        expires_at: expires_at.map(|at| at.timestamp_millis()),
-    };
-    let doc_id = write_to_document(&mut tx, chain, branch, &intent).await?;
+    let mut written = Vec::with_capacity(requests.len());
+    for request in requests {
+        let expires_in = request
+            .expires_in
+            .or_else(|| default_expires_in(&request.kind));
+        let expires_at = expires_in
+            .and_then(|ttl| chrono::Duration::from_std(ttl).ok())
+            .map(|ttl| created_at + ttl);
+        let intent = doc::Intent {
+            id: IntentId::from_uuid(Uuid::now_v7()),
+            device: request.device,
+            kind: request.kind.clone(),
+            created_at: now_ms,
+            created_by: actor.name.trim().to_owned(),
+            expires_at: expires_at.map(|at| at.timestamp_millis()),
+        };
+        written.push((intent, expires_at));
+    }
+    let intents: Vec<doc::Intent> = written.iter().map(|(i, _)| i.clone()).collect();
+    let doc_id = write_to_document(&mut tx, chain, branch, &intents).await?;
 
-    let (post, payload) = columns(&request.kind);
-    sqlx::query(
-        "INSERT INTO intents (id, chain_id, branch_id, device_id, kind, post, payload, created_by,
-                              created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(id.as_uuid())
-    .bind(chain.as_uuid())
-    .bind(branch.as_uuid())
-    .bind(device.as_uuid())
-    .bind(request.kind.as_str())
-    .bind(post)
-    .bind(&payload)
-    .bind(&intent.created_by)
-    .bind(created_at)
-    .bind(expires_at)
-    .execute(&mut *tx)
-    .await
-    .map_err(db("recording the intent"))?;
-    sqlx::query(
-        "INSERT INTO audit_log (actor_kind, actor_id, chain_id, branch_id, action, target, detail)
-         VALUES ($1, $2, $3, $4, 'intent.created', $5, $6)",
-    )
-    .bind(actor.kind.as_str())
-    .bind(&intent.created_by)
-    .bind(chain.as_uuid())
-    .bind(branch.as_uuid())
-    .bind(id.to_string())
-    .bind(json!({
-        "device": device.to_string(),
-        "kind": request.kind.as_str(),
-        "post": post,
-        "payload": audit_payload(&request.kind, &payload),
-        "expires_at": expires_at.map(|at| at.to_rfc3339()),
-        "doc": doc_id.to_string(),
-    }))
-    .execute(&mut *tx)
-    .await
-    .map_err(db("auditing the intent"))?;
+    let mut listed = Vec::with_capacity(written.len());
+    for (intent, expires_at) in &written {
+        let (post, payload) = columns(&intent.kind);
+        sqlx::query(
+            "INSERT INTO intents (id, chain_id, branch_id, device_id, kind, post, payload,
+                                  created_by, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(intent.id.as_uuid())
+        .bind(chain.as_uuid())
+        .bind(branch.as_uuid())
+        .bind(intent.device.as_uuid())
+        .bind(intent.kind.as_str())
+        .bind(post)
+        .bind(&payload)
+        .bind(&intent.created_by)
+        .bind(created_at)
+        .bind(*expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording the intent"))?;
+        let mut detail = json!({
+            "device": intent.device.to_string(),
+            "kind": intent.kind.as_str(),
+            "post": post,
+            "payload": audit_payload(&intent.kind, &payload),
+            "expires_at": expires_at.map(|at| at.to_rfc3339()),
+            "doc": doc_id.to_string(),
+        });
+        if batch.is_none() {
+            audit_created(
+                &mut tx,
+                actor,
+                chain,
+                branch,
+                "intent.created",
+                &intent.id.to_string(),
+                detail,
+            )
+            .await?;
+        } else {
+            // In the request's one row, each intent is named by its id.
+            detail["id"] = json!(intent.id.to_string());
+            listed.push(detail);
+        }
+    }
+    if let Some(batch) = batch {
+        let detail = json!({
+            "request": batch.request,
+            "intents": listed,
+            "doc": doc_id.to_string(),
+        });
+        audit_created(
+            &mut tx,
+            actor,
+            chain,
+            branch,
+            batch.action,
+            &batch.target,
+            detail,
+        )
+        .await?;
+    }
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(DOC_CHANGED_CHANNEL)
         .bind(doc_id.to_string())
@@ -467,7 +527,33 @@ async fn try_create(
         .await
         .map_err(db("announcing the intents document"))?;
     tx.commit().await.map_err(db("committing the intent"))?;
-    Ok(id)
+    Ok(written.iter().map(|(i, _)| i.id).collect())
+}
+
+async fn audit_created(
+    conn: &mut PgConnection,
+    actor: &Actor,
+    chain: ChainId,
+    branch: BranchId,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> Result<(), IntentError> {
+    sqlx::query(
+        "INSERT INTO audit_log (actor_kind, actor_id, chain_id, branch_id, action, target, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(actor.kind.as_str())
+    .bind(actor.name.trim())
+    .bind(chain.as_uuid())
+    .bind(branch.as_uuid())
+    .bind(action)
+    .bind(target)
+    .bind(detail)
+    .execute(&mut *conn)
+    .await
+    .map_err(db("auditing the intent"))?;
+    Ok(())
 }
 
 /// Refuses a post that is not one of the device's: the posts the world gives it (carts of its
@@ -621,12 +707,13 @@ async fn current_doc(conn: &mut PgConnection, branch: BranchId) -> Result<DocId,
         .unwrap_or(DocId::branch_intents(branch)))
 }
 
-/// Adds `intent` to the branch's intents document under its row lock; returns the document.
+/// Adds `intents` to the branch's intents document, in one change, under its row lock;
+/// returns the document.
 async fn write_to_document(
     conn: &mut PgConnection,
     chain: ChainId,
     branch: BranchId,
-    intent: &doc::Intent,
+    intents: &[doc::Intent],
 ) -> Result<DocId, IntentError> {
     let corrupt = |reason: String| IntentError::Corrupt { branch, reason };
     let stored = |e: docs_store::DocsError| match e {
@@ -649,7 +736,7 @@ async fn write_to_document(
         .await
         .map_err(stored)?
         .unwrap_or_default();
-    let intent = intent.clone();
+    let intents = intents.to_vec();
     let (write, heads) = tokio::task::spawn_blocking(move || {
         let mut doc = if snapshot.is_empty() {
             AutoCommit::new()
@@ -660,7 +747,9 @@ async fn write_to_document(
             doc.load_incremental(chunk).map_err(|e| e.to_string())?;
         }
         let before = doc.get_heads();
-        doc::put_intent(&mut doc, chain, branch, &intent).map_err(|e| e.to_string())?;
+        for intent in &intents {
+            doc::put_intent(&mut doc, chain, branch, intent).map_err(|e| e.to_string())?;
+        }
         doc.commit();
         let chunk = doc.save_after(&before);
         let write = if locked.compaction_due(chunk.len()) {
@@ -835,167 +924,6 @@ pub async fn resolve_branch(pool: &PgPool, text: &str) -> Result<BranchId, Inten
     .map_err(db("finding the branch"))?;
     id.map(BranchId::from_uuid)
         .ok_or_else(|| IntentError::UnknownBranch(text.chars().take(64).collect()))
-}
-
-/// Projects `device`'s outcomes in their own transaction; see [`project_outcomes_in`].
-pub async fn project_outcomes(
-    pool: &PgPool,
-    device: DeviceId,
-    outcomes: &[OutcomeFact],
-) -> Result<OutcomesProjected, IntentError> {
-    let mut tx = pool.begin().await.map_err(db("projecting outcomes"))?;
-    let out = project_outcomes_in(&mut tx, device, outcomes)
-        .await
-        .map_err(db("projecting outcomes"))?;
-    tx.commit().await.map_err(db("projecting outcomes"))?;
-    Ok(out)
-}
-
-/// Moves `device`'s intents to the outcome its document records, inside the caller's
-/// transaction (the device projection's). Idempotent: only a `pending` intent changes (and is
-/// audited as `intent.applied`, `intent.failed` or `intent.expired`); an outcome for another
-/// device's intent or an unknown intent is refused, and an outcome that contradicts the one
-/// recorded is kept out; each of those is audited once, however often the document replays.
-pub async fn project_outcomes_in(
-    conn: &mut PgConnection,
-    device: DeviceId,
-    outcomes: &[OutcomeFact],
-) -> Result<OutcomesProjected, sqlx::Error> {
-    let mut out = OutcomesProjected::default();
-    if outcomes.is_empty() {
-        return Ok(out);
-    }
-    let scope: Option<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT d.branch_id, b.chain_id FROM devices d JOIN branches b ON b.id = d.branch_id
-         WHERE d.id = $1",
-    )
-    .bind(device.as_uuid())
-    .fetch_optional(&mut *conn)
-    .await?;
-    let audit = Audit {
-        device,
-        branch: scope.map(|s| s.0),
-        chain: scope.map(|s| s.1),
-    };
-    for outcome in outcomes {
-        let id = outcome.intent;
-        let target = id.to_string();
-        let row: Option<(Uuid, String)> =
-            sqlx::query_as("SELECT device_id, status FROM intents WHERE id = $1 FOR UPDATE")
-                .bind(id.as_uuid())
-                .fetch_optional(&mut *conn)
-                .await?;
-        let Some((addressed, current)) = row else {
-            let reason = format!("outcome for intent {id}, which the hub does not hold");
-            audit
-                .once(conn, "intent.outcome_refused", &target, &reason)
-                .await?;
-            out.refused.push(reason);
-            continue;
-        };
-        if addressed != *device.as_uuid() {
-            let reason =
-                format!("outcome for intent {id}, which is addressed to device {addressed}");
-            audit
-                .once(conn, "intent.outcome_refused", &target, &reason)
-                .await?;
-            out.refused.push(reason);
-            continue;
-        }
-        let status = IntentStatus::from_outcome(outcome.status);
-        if current == status.as_str() {
-            continue;
-        }
-        if current != IntentStatus::Pending.as_str() {
-            let reason =
-                format!("intent {id} is {current}; the device's document now says {status}");
-            audit
-                .once(conn, "intent.outcome_conflict", &target, &reason)
-                .await?;
-            out.conflicts.push(reason);
-            continue;
-        }
-        let at = DateTime::from_timestamp_millis(outcome.wall).unwrap_or_else(Utc::now);
-        let changed = sqlx::query(
-            "UPDATE intents SET status = $2, outcome_detail = $3, outcome_at = $4
-             WHERE id = $1 AND status = 'pending'",
-        )
-        .bind(id.as_uuid())
-        .bind(status.as_str())
-        .bind(&outcome.detail)
-        .bind(at)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if changed > 0 {
-            out.changed += changed;
-            audit
-                .write(
-                    conn,
-                    &format!("intent.{status}"),
-                    &target,
-                    json!({ "detail": outcome.detail, "at": at.to_rfc3339(), "hlc": outcome.hlc }),
-                )
-                .await?;
-        }
-    }
-    Ok(out)
-}
-
-/// Audit rows written on behalf of a device's outcomes.
-struct Audit {
-    device: DeviceId,
-    branch: Option<Uuid>,
-    chain: Option<Uuid>,
-}
-
-impl Audit {
-    async fn write(
-        &self,
-        conn: &mut PgConnection,
-        action: &str,
-        target: &str,
-        detail: serde_json::Value,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO audit_log (actor_kind, actor_id, chain_id, branch_id, action, target, detail)
-             VALUES ('device', $1, $2, $3, $4, $5, $6)",
-        )
-        .bind(self.device.to_string())
-        .bind(self.chain)
-        .bind(self.branch)
-        .bind(action)
-        .bind(target)
-        .bind(detail)
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
-    }
-
-    /// Writes the row unless this device already has one with this action and target.
-    async fn once(
-        &self,
-        conn: &mut PgConnection,
-        action: &str,
-        target: &str,
-        reason: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO audit_log (actor_kind, actor_id, chain_id, branch_id, action, target, detail)
-             SELECT 'device', $1, $2, $3, $4, $5, $6
-             WHERE NOT EXISTS (SELECT 1 FROM audit_log
-                               WHERE target = $5 AND action = $4 AND actor_id = $1)",
-        )
-        .bind(self.device.to_string())
-        .bind(self.chain)
-        .bind(self.branch)
-        .bind(action)
-        .bind(target)
-        .bind(json!({ "reason": reason }))
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -199,7 +199,82 @@ pub async fn add_user(pool: &PgPool, new: &NewUser) -> Result<Uuid, UserError> {
     check_scope(new.role, new.chain, &new.branches)?;
     let hash = hash_password(&new.password)?;
     let mut tx = pool.begin().await.map_err(db("adding a user"))?;
-    if let Some(chain) = new.chain {
+    let id = add_user_in(&mut tx, new, &hash).await?;
+    tx.commit().await.map_err(db("adding a user"))?;
+    Ok(id)
+}
+
+/// [`add_user`] inside the caller's transaction, with the password already hashed
+/// ([`hash_password`], slow: call it outside the transaction).
+pub async fn add_user_in(
+    conn: &mut sqlx::PgConnection,
+    new: &NewUser,
+    hash: &str,
+) -> Result<Uuid, UserError> {
+    check_login(&new.login)?;
+    check_scope(new.role, new.chain, &new.branches)?;
+    check_scope_exists(conn, new.chain, &new.branches).await?;
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO users (login, password_hash, role, chain_id) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (login) DO NOTHING RETURNING id",
+    )
+    .bind(&new.login)
+    .bind(hash)
+    .bind(new.role.as_str())
+    .bind(new.chain)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db("adding a user"))?
+    .ok_or_else(|| UserError::LoginTaken(new.login.clone()))?;
+    set_branches(conn, id, &new.branches).await?;
+    Ok(id)
+}
+
+/// Replaces the branches a user is scoped to.
+pub async fn set_branches(
+    conn: &mut sqlx::PgConnection,
+    user: Uuid,
+    branches: &[Uuid],
+) -> Result<(), UserError> {
+    sqlx::query("DELETE FROM user_branches WHERE user_id = $1 AND NOT (branch_id = ANY($2))")
+        .bind(user)
+        .bind(branches)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("scoping the user"))?;
+    sqlx::query(
+        "INSERT INTO user_branches (user_id, branch_id) SELECT $1, unnest($2::uuid[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(user)
+    .bind(branches)
+    .execute(&mut *conn)
+    .await
+    .map_err(db("scoping the user"))?;
+    Ok(())
+}
+
+/// Ends every session and token of `user` (a disabled user or a changed password).
+pub async fn revoke_all_credentials(
+    conn: &mut sqlx::PgConnection,
+    user: Uuid,
+) -> Result<u64, UserError> {
+    sqlx::query("DELETE FROM user_credentials WHERE user_id = $1")
+        .bind(user)
+        .execute(&mut *conn)
+        .await
+        .map(|done| done.rows_affected())
+        .map_err(db("ending the user's sessions"))
+}
+
+/// Checks that the chain exists and every branch is one of its branches.
+pub async fn check_scope_exists(
+    conn: &mut sqlx::PgConnection,
+    chain: Option<Uuid>,
+    branches: &[Uuid],
+) -> Result<(), UserError> {
+    let tx = conn;
+    if let Some(chain) = chain {
         let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM chains WHERE id = $1)")
             .bind(chain)
             .fetch_one(&mut *tx)
@@ -209,62 +284,42 @@ pub async fn add_user(pool: &PgPool, new: &NewUser) -> Result<Uuid, UserError> {
             return Err(UserError::BadScope(format!("no chain has the id {chain}")));
         }
     }
-    if !new.branches.is_empty() {
+    if !branches.is_empty() {
         let inside: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM branches WHERE id = ANY($1) AND chain_id = $2",
         )
-        .bind(&new.branches)
-        .bind(new.chain)
+        .bind(branches)
+        .bind(chain)
         .fetch_one(&mut *tx)
         .await
         .map_err(db("finding the branches"))?;
-        let mut distinct = new.branches.clone();
+        let mut distinct = branches.to_vec();
         distinct.sort();
         distinct.dedup();
         if usize::try_from(inside).ok() != Some(distinct.len()) {
             return Err(UserError::BadScope(
-                "every --branch must be a branch id of the user's --chain".to_owned(),
+                "every branch (--branch, branch_ids) must be a branch of the user's chain"
+                    .to_owned(),
             ));
         }
     }
-    let id: Uuid = sqlx::query_scalar(
-        "INSERT INTO users (login, password_hash, role, chain_id) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (login) DO NOTHING RETURNING id",
-    )
-    .bind(&new.login)
-    .bind(&hash)
-    .bind(new.role.as_str())
-    .bind(new.chain)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(db("adding a user"))?
-    .ok_or_else(|| UserError::LoginTaken(new.login.clone()))?;
-    sqlx::query(
-        "INSERT INTO user_branches (user_id, branch_id) SELECT $1, unnest($2::uuid[]) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(id)
-    .bind(&new.branches)
-    .execute(&mut *tx)
-    .await
-    .map_err(db("scoping the user"))?;
-    tx.commit().await.map_err(db("adding a user"))?;
-    Ok(id)
+    Ok(())
 }
 
-fn check_scope(role: Role, chain: Option<Uuid>, branches: &[Uuid]) -> Result<(), UserError> {
+/// Checks that a role's scope has the shape the role needs (no database).
+pub fn check_scope(role: Role, chain: Option<Uuid>, branches: &[Uuid]) -> Result<(), UserError> {
     let problem = match role {
         Role::PlatformAdmin if chain.is_some() || !branches.is_empty() => {
-            Some("a platform admin sees everything: give no --chain or --branch")
+            Some("a platform admin sees everything: give no chain (--chain, chain_id) or branches")
         }
-        Role::ChainAdmin if chain.is_none() || !branches.is_empty() => {
-            Some("a chain admin needs --chain and no --branch")
-        }
-        Role::BranchManager | Role::Technician if chain.is_none() || branches.is_empty() => {
-            Some("a branch manager or technician needs --chain and at least one --branch")
-        }
+        Role::ChainAdmin if chain.is_none() || !branches.is_empty() => Some(
+            "a chain admin needs a chain (--chain, chain_id) and no branches (--branch, branch_ids)",
+        ),
+        Role::BranchManager | Role::Technician if chain.is_none() || branches.is_empty() => Some(
+            "a branch manager or technician needs a chain (--chain, chain_id) and at least one of its branches (--branch, branch_ids)",
+        ),
         Role::Viewer if chain.is_none() && !branches.is_empty() => {
-            Some("a viewer limited to branches needs the branches' --chain")
+            Some("a viewer limited to branches needs the branches' chain (--chain, chain_id)")
         }
         _ => None,
     };

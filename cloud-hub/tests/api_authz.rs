@@ -261,6 +261,86 @@ async fn writes_are_allowed_exactly_where_role_and_scope_allow(pool: PgPool) {
                 place.device
             );
 
+            // Branch settings (one intent per device): admins and branch managers.
+            let (status, answer) = call(
+                &app,
+                "PUT",
+                &format!("/api/branches/{}/settings", place.branch),
+                token,
+                Some(json!({ "rental_minutes": 90, "language": "en" })),
+            )
+            .await;
+            let may = matches!(
+                role,
+                Role::PlatformAdmin | Role::ChainAdmin | Role::BranchManager
+            );
+            let expected = match (visible, may) {
+                (false, _) => StatusCode::NOT_FOUND,
+                (true, false) => StatusCode::FORBIDDEN,
+                (true, true) => StatusCode::ACCEPTED,
+            };
+            assert_eq!(
+                status, expected,
+                "{role} settings of {}: {answer}",
+                place.branch
+            );
+            // Reading them: whoever sees the branch.
+            let (status, answer) = call(
+                &app,
+                "GET",
+                &format!("/api/branches/{}/settings", place.branch),
+                token,
+                None,
+            )
+            .await;
+            let expected = if visible {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            assert_eq!(status, expected, "{role} read settings: {answer}");
+
+            // A maintenance unlock: admins, branch managers and technicians; the other post
+            // intents: admins and branch managers (not technicians).
+            for (kind, may) in [
+                (
+                    "unlock",
+                    matches!(
+                        role,
+                        Role::PlatformAdmin
+                            | Role::ChainAdmin
+                            | Role::BranchManager
+                            | Role::Technician
+                    ),
+                ),
+                (
+                    "out_of_service",
+                    matches!(
+                        role,
+                        Role::PlatformAdmin | Role::ChainAdmin | Role::BranchManager
+                    ),
+                ),
+            ] {
+                let (status, answer) = call(
+                    &app,
+                    "POST",
+                    &format!("/api/branches/{}/intents", place.branch),
+                    token,
+                    Some(json!({ "kind": kind, "post": 1 })),
+                )
+                .await;
+                let expected = match (visible, may) {
+                    (false, _) => StatusCode::NOT_FOUND,
+                    (true, false) => StatusCode::FORBIDDEN,
+                    (true, true) => StatusCode::ACCEPTED,
+                };
+                assert_eq!(
+                    status, expected,
+                    "{role} {kind} in {}: {answer}",
+                    place.branch
+                );
+            }
+
             // Create a branch in the place's chain: admins of the chain (a branch-scoped user
             // sees its chain but may not add to it).
             let chain_visible = role == Role::PlatformAdmin || place.chain == w.a1.chain;
@@ -397,4 +477,177 @@ async fn no_credential_or_a_bad_one_is_401_everywhere(pool: PgPool) {
             assert_eq!(assert_error_shape(status, &body), "unauthenticated");
         }
     }
+}
+
+/// Users are managed by platform admins (everyone) and chain admins (their chain's users, never
+/// a platform admin); nobody else reads or changes them, and nothing foreign leaks.
+#[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
+async fn users_are_managed_only_by_admins_within_their_chain(pool: PgPool) {
+    let w = world(&pool).await;
+    let app = app(&pool);
+    api_support::user(
+        &pool,
+        "b-manager",
+        Role::BranchManager,
+        Some(w.b1.chain),
+        vec![w.b1.branch],
+    )
+    .await;
+    let id_of = |login: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>("SELECT id FROM users WHERE login = $1")
+                .bind(login)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let foreign = id_of("b-manager").await;
+    let platform = id_of("platform_admin").await;
+    let ours = id_of("viewer").await;
+    let missing = Uuid::new_v4();
+    for role in Role::ALL {
+        let token = Some(w.token(role));
+        let admin = matches!(role, Role::PlatformAdmin | Role::ChainAdmin);
+        let (status, body) = call(&app, "GET", "/api/users?per_page=200", token, None).await;
+        if !admin {
+            assert_eq!(status, StatusCode::FORBIDDEN, "{role} list users: {body}");
+            assert_error_shape(status, &body);
+            for (method, path, body) in [
+                ("GET", format!("/api/users/{ours}"), None),
+                (
+                    "POST",
+                    "/api/users".to_owned(),
+                    Some(
+                        json!({ "login": format!("x-{role}"), "password": "long enough pw", "role": "viewer" }),
+                    ),
+                ),
+                (
+                    "PUT",
+                    format!("/api/users/{ours}"),
+                    Some(json!({ "active": false })),
+                ),
+                ("DELETE", format!("/api/users/{ours}"), None),
+            ] {
+                let (status, answer) = call(&app, method, &path, token, body).await;
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{role} {method} {path}: {answer}"
+                );
+            }
+            continue;
+        }
+        assert_eq!(status, StatusCode::OK, "{role}: {body}");
+        let logins = ids(&body, "login");
+        assert_eq!(
+            logins.contains("b-manager"),
+            role == Role::PlatformAdmin,
+            "{role}"
+        );
+        assert_eq!(
+            logins.contains("platform_admin"),
+            role == Role::PlatformAdmin,
+            "{role}"
+        );
+        assert!(
+            logins.contains("viewer") && logins.contains("chain-viewer"),
+            "{role}"
+        );
+        assert!(!body.to_string().contains("password"), "{body}");
+        assert!(!body.to_string().contains("argon2"), "{body}");
+        // A foreign user reads exactly like a missing one for a chain admin.
+        for id in [foreign, platform] {
+            let (status, answer) =
+                call(&app, "GET", &format!("/api/users/{id}"), token, None).await;
+            if role == Role::PlatformAdmin {
+                assert_eq!(status, StatusCode::OK, "{answer}");
+            } else {
+                assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+                let (_, missing_body) =
+                    call(&app, "GET", &format!("/api/users/{missing}"), token, None).await;
+                same_as_missing(&answer, &missing_body);
+                let (status, _) = call(
+                    &app,
+                    "PUT",
+                    &format!("/api/users/{id}"),
+                    token,
+                    Some(json!({ "active": false })),
+                )
+                .await;
+                assert_eq!(status, StatusCode::NOT_FOUND);
+                let (status, _) =
+                    call(&app, "DELETE", &format!("/api/users/{id}"), token, None).await;
+                assert_eq!(status, StatusCode::NOT_FOUND);
+            }
+        }
+        // Creating: a chain admin only in its chain and never a platform admin.
+        let suffix = role.as_str().replace('_', "-");
+        let (status, answer) = call(
+            &app,
+            "POST",
+            "/api/users",
+            token,
+            Some(
+                json!({ "login": format!("pa-{suffix}"), "password": "long enough pw",
+                         "role": "platform_admin" }),
+            ),
+        )
+        .await;
+        let expected = if role == Role::PlatformAdmin {
+            StatusCode::CREATED
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        assert_eq!(status, expected, "{role} create platform admin: {answer}");
+        let (status, answer) = call(
+            &app,
+            "POST",
+            "/api/users",
+            token,
+            Some(
+                json!({ "login": format!("b-{suffix}"), "password": "long enough pw",
+                         "role": "technician", "chain_id": w.b1.chain,
+                         "branch_ids": [w.b1.branch] }),
+            ),
+        )
+        .await;
+        let expected = if role == Role::PlatformAdmin {
+            StatusCode::CREATED
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        assert_eq!(status, expected, "{role} create in chain B: {answer}");
+        // Moving one of its users to another chain is refused like the other chain is missing.
+        if role == Role::ChainAdmin {
+            let (status, answer) = call(
+                &app,
+                "PUT",
+                &format!("/api/users/{ours}"),
+                token,
+                Some(json!({ "chain_id": w.b1.chain, "branch_ids": [w.b1.branch] })),
+            )
+            .await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+            let (status, answer) = call(
+                &app,
+                "PUT",
+                &format!("/api/users/{ours}"),
+                token,
+                Some(json!({ "role": "platform_admin" })),
+            )
+            .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+        }
+    }
+    // Refusals are audited.
+    let denied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'denied' \
+         AND detail->>'refused' IN ('manage users', 'grant platform_admin')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(denied >= 3, "{denied}");
 }

@@ -636,6 +636,13 @@ async fn every_documented_operation_is_routed_and_every_issue_endpoint_documente
         "POST /api/branches/{branch_id}/carts/assign",
         "POST /api/branches/{branch_id}/carts/return",
         "PUT /api/devices/{id}/firmware",
+        "GET /api/branches/{branch_id}/settings",
+        "PUT /api/branches/{branch_id}/settings",
+        "GET /api/users",
+        "POST /api/users",
+        "GET /api/users/{id}",
+        "PUT /api/users/{id}",
+        "DELETE /api/users/{id}",
     ];
     for endpoint in expected {
         let (method, path) = endpoint.split_once(' ').unwrap();
@@ -791,6 +798,477 @@ async fn cart_and_firmware_intents_go_to_the_owning_device(pool: PgPool) {
     )
     .await;
     assert_eq!(assert_error_shape(status, &answer), "validation_failed");
+}
+
+#[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
+async fn branch_settings_become_one_intent_per_device_audited_once(pool: PgPool) {
+    let w = world(&pool).await;
+    let app = app(&pool);
+    let manager = Some(w.token(Role::BranchManager));
+    let b = w.a1.branch;
+    // A second device in the branch, and a revoked one that gets nothing.
+    let second: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO devices (branch_id, device_name) VALUES ($1, 'pi-A1-2') RETURNING id",
+    )
+    .bind(b)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO devices (branch_id, device_name, revoked_at) VALUES ($1, 'pi-old', now())",
+    )
+    .bind(b)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let (status, body) = call(
+        &app,
+        "PUT",
+        &format!("/api/branches/{b}/settings"),
+        manager,
+        Some(json!({ "rental_minutes": 90, "when_sms_unavailable": "token", "language": "en" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let intents = body["data"].as_array().unwrap();
+    assert_eq!(intents.len(), 6, "3 settings x 2 devices: {body}");
+    let mut pairs: Vec<(String, String)> = intents
+        .iter()
+        .map(|i| {
+            assert_eq!(i["status"], "pending");
+            assert_eq!(i["created_by"], "branch_manager");
+            (
+                i["device_id"].as_str().unwrap().to_owned(),
+                i["kind"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    let mut expected: Vec<(String, String)> = [w.a1.device, second]
+        .iter()
+        .flat_map(|d| {
+            ["set_language", "set_otp_policy", "set_rental_minutes"]
+                .map(|k| (d.to_string(), k.to_owned()))
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(pairs, expected);
+
+    // The rows carry the values the devices read; the document holds every intent.
+    let payloads: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT payload FROM intents WHERE branch_id = $1 ORDER BY kind")
+            .bind(b)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(payloads.contains(&json!({ "minutes": 90 })), "{payloads:?}");
+    assert!(
+        payloads.contains(&json!({ "language": "en" })),
+        "{payloads:?}"
+    );
+    assert!(
+        payloads.contains(&json!({ "when_sms_unavailable": "token" })),
+        "{payloads:?}"
+    );
+    let listed = cartwise_cloud_hub::intents::list(
+        &pool,
+        &cartwise_cloud_hub::intents::IntentFilter {
+            branch: Some(cartwise_schema::BranchId::from_uuid(b)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(listed.len(), 6);
+
+    // One audit row for the request, listing every intent; none per intent.
+    let rows: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT detail FROM audit_log WHERE action = 'branch.settings' AND actor_id = 'branch_manager'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["intents"].as_array().unwrap().len(), 6);
+    assert_eq!(rows[0]["request"]["rental_minutes"], 90);
+    let per_intent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'intent.created' AND branch_id = $1",
+    )
+    .bind(b)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(per_intent, 0);
+
+    // GET shows each setting's newest value and each device's intent with its state.
+    sqlx::query(
+        "UPDATE intents SET status = 'applied', outcome_detail = 'ok', outcome_at = now() \
+         WHERE device_id = $1 AND kind = 'set_language'",
+    )
+    .bind(w.a1.device)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let viewer = Some(w.token(Role::Viewer));
+    let (status, body) = call(
+        &app,
+        "GET",
+        &format!("/api/branches/{b}/settings"),
+        viewer,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["rental_minutes"]["value"], 90);
+    assert_eq!(body["data"]["when_sms_unavailable"]["value"], "token");
+    let language = &body["data"]["language"];
+    assert_eq!(language["value"], "en");
+    assert_eq!(language["requested_by"], "branch_manager");
+    let states: Vec<(String, String)> = language["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["device_id"].as_str().unwrap().to_owned(),
+                d["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(states.len(), 2);
+    assert!(states.contains(&(w.a1.device.to_string(), "applied".to_owned())));
+    assert!(states.contains(&(second.to_string(), "pending".to_owned())));
+
+    // A newer request for one setting replaces only that one's view.
+    let (status, _) = call(
+        &app,
+        "PUT",
+        &format!("/api/branches/{b}/settings"),
+        manager,
+        Some(json!({ "language": "he" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, body) = call(
+        &app,
+        "GET",
+        &format!("/api/branches/{b}/settings"),
+        viewer,
+        None,
+    )
+    .await;
+    assert_eq!(body["data"]["language"]["value"], "he");
+    assert_eq!(body["data"]["rental_minutes"]["value"], 90);
+
+    // Bad input writes nothing.
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM intents")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    for bad in [
+        json!({}),
+        json!({ "rental_minutes": 0 }),
+        json!({ "rental_minutes": 10081 }),
+        json!({ "rental_minutes": "90" }),
+        json!({ "when_sms_unavailable": "allow" }),
+        json!({ "language": "fr" }),
+        json!({ "language": "en", "colour": "red" }),
+    ] {
+        let (status, answer) = call(
+            &app,
+            "PUT",
+            &format!("/api/branches/{b}/settings"),
+            manager,
+            Some(bad.clone()),
+        )
+        .await;
+        assert!(status.is_client_error(), "{bad}: {status} {answer}");
+        assert_error_shape(status, &answer);
+    }
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM intents")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+
+    // A branch without an unrevoked device: 409, audited as refused, nothing written.
+    sqlx::query("UPDATE devices SET revoked_at = now() WHERE branch_id = $1")
+        .bind(b)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (status, answer) = call(
+        &app,
+        "PUT",
+        &format!("/api/branches/{b}/settings"),
+        manager,
+        Some(json!({ "rental_minutes": 60 })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert_error_shape(status, &answer);
+    let refused: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'intent.refused' AND target = $1",
+    )
+    .bind(format!("branch/{b}"))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(refused, 1);
+}
+
+#[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
+async fn technicians_send_maintenance_unlocks_and_nothing_else_new(pool: PgPool) {
+    let w = world(&pool).await;
+    let app = app(&pool);
+    let tech = Some(w.token(Role::Technician));
+    let b = w.a1.branch;
+    let (status, body) = call(
+        &app,
+        "POST",
+        &format!("/api/branches/{b}/intents"),
+        tech,
+        Some(json!({ "kind": "unlock", "post": 1 })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["data"]["kind"], "unlock_post");
+    assert_eq!(body["data"]["created_by"], "technician");
+    assert_eq!(body["data"]["device_id"], w.a1.device.to_string());
+    for kind in ["out_of_service", "in_service"] {
+        let (status, answer) = call(
+            &app,
+            "POST",
+            &format!("/api/branches/{b}/intents"),
+            tech,
+            Some(json!({ "kind": kind, "post": 1 })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{kind}: {answer}");
+    }
+    let (status, _) = call(
+        &app,
+        "PUT",
+        &format!("/api/branches/{b}/settings"),
+        tech,
+        Some(json!({ "language": "en" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Outside its branches: 404, like a missing branch.
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/api/branches/{}/intents", w.a2.branch),
+        tech,
+        Some(json!({ "kind": "unlock", "post": 1 })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, me) = call(&app, "GET", "/api/auth/me", tech, None).await;
+    let may: Vec<&str> = me["data"]["may"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(may.contains(&"maintenance_unlock"), "{me}");
+    assert!(
+        !may.contains(&"cart_intent") && !may.contains(&"branch_settings"),
+        "{me}"
+    );
+}
+
+#[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
+async fn users_are_created_changed_and_disabled_with_their_sessions(pool: PgPool) {
+    let w = world(&pool).await;
+    let app = app(&pool);
+    let admin = Some(w.token(Role::ChainAdmin));
+
+    // Create a branch manager of A1 (the chain defaults to the admin's own).
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/api/users",
+        admin,
+        Some(
+            json!({ "login": "dana", "password": "a long password", "role": "branch_manager",
+                     "branch_ids": [w.a1.branch] }),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let user = &body["data"];
+    assert_eq!(user["login"], "dana");
+    assert_eq!(user["role"], "branch_manager");
+    assert_eq!(user["chain_id"], w.a1.chain.to_string());
+    assert_eq!(user["branch_ids"], json!([w.a1.branch]));
+    assert_eq!(user["active"], true);
+    assert!(!body.to_string().contains("password") && !body.to_string().contains("argon2"));
+    let id = user["id"].as_str().unwrap().to_owned();
+
+    // The new user signs in and works.
+    let (status, login) = call(
+        &app,
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(json!({ "login": "dana", "password": "a long password", "issue_token": true })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    let token = login["data"]["token"].as_str().unwrap().to_owned();
+    let (status, _) = call(
+        &app,
+        "GET",
+        &format!("/api/branches/{}", w.a1.branch),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Read, list, change scope and role.
+    let (status, body) = call(&app, "GET", &format!("/api/users/{id}"), admin, None).await;
+    assert_eq!(
+        (status, body["data"]["login"].clone()),
+        (StatusCode::OK, json!("dana"))
+    );
+    let (_, body) = call(
+        &app,
+        "GET",
+        "/api/users?role=branch_manager&q=dan",
+        admin,
+        None,
+    )
+    .await;
+    assert_eq!(body["pagination"]["total"], 1, "{body}");
+    let (status, body) = call(
+        &app,
+        "PUT",
+        &format!("/api/users/{id}"),
+        admin,
+        Some(json!({ "role": "viewer", "branch_ids": [w.a1.branch, w.a2.branch] })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["role"], "viewer");
+    assert_eq!(body["data"]["branch_ids"].as_array().unwrap().len(), 2);
+    // The role change takes effect at once, without a new sign-in.
+    let (_, me) = call(&app, "GET", "/api/auth/me", Some(&token), None).await;
+    assert_eq!(me["data"]["role"], "viewer");
+
+    // Disabling ends its sessions and tokens; it cannot sign in again.
+    let (status, body) = call(&app, "DELETE", &format!("/api/users/{id}"), admin, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["active"], false);
+    let (status, _) = call(&app, "GET", "/api/auth/me", Some(&token), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM user_credentials c JOIN users u ON u.id = c.user_id \
+         WHERE u.login = 'dana'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(live, 0);
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(json!({ "login": "dana", "password": "a long password" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Enabled again with a new password; the old one no longer works.
+    let (status, body) = call(
+        &app,
+        "PUT",
+        &format!("/api/users/{id}"),
+        admin,
+        Some(json!({ "active": true, "password": "another long one" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for (password, expected) in [
+        ("a long password", StatusCode::UNAUTHORIZED),
+        ("another long one", StatusCode::OK),
+    ] {
+        let (status, _) = call(
+            &app,
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(json!({ "login": "dana", "password": password })),
+        )
+        .await;
+        assert_eq!(status, expected, "{password}");
+    }
+
+    // Nobody disables or demotes themself.
+    let own: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users WHERE login = 'chain_admin'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    for (method, body) in [
+        ("DELETE", None),
+        ("PUT", Some(json!({ "active": false }))),
+        (
+            "PUT",
+            Some(json!({ "role": "viewer", "branch_ids": [w.a1.branch] })),
+        ),
+    ] {
+        let (status, answer) = call(&app, method, &format!("/api/users/{own}"), admin, body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{method}: {answer}");
+    }
+
+    // Every change is audited, with no password in it.
+    let rows: Vec<(String, serde_json::Value)> =
+        sqlx::query_as("SELECT action, detail FROM audit_log WHERE target = $1 ORDER BY id")
+            .bind(format!("user/{id}"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let actions: Vec<&str> = rows.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "user.created",
+            "user.updated",
+            "user.disabled",
+            "user.updated"
+        ]
+    );
+    assert_eq!(rows[3].1["password_changed"], true);
+    for (_, detail) in &rows {
+        assert!(!detail.to_string().contains("long"), "{detail}");
+    }
+
+    // Bad input: 4xx in the error shape, nothing created.
+    for bad in [
+        json!({ "login": "x", "password": "short", "role": "viewer" }),
+        json!({ "login": "bad login!", "password": "long enough pw", "role": "viewer" }),
+        json!({ "login": "x", "password": "long enough pw", "role": "emperor" }),
+        json!({ "login": "x", "password": "long enough pw" }),
+        json!({ "login": "x", "password": "long enough pw", "role": "technician" }),
+        json!({ "login": "x", "password": "long enough pw", "role": "technician",
+                "branch_ids": [w.b1.branch] }),
+        json!({ "login": "x", "password": "long enough pw", "role": "viewer", "active": false }),
+        json!({ "login": "dana", "password": "long enough pw", "role": "viewer" }),
+        json!({ "login": 7, "password": "long enough pw", "role": "viewer" }),
+    ] {
+        let (status, answer) = call(&app, "POST", "/api/users", admin, Some(bad.clone())).await;
+        assert!(status.is_client_error(), "{bad}: {status} {answer}");
+        assert_error_shape(status, &answer);
+    }
+    let x: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE login = 'x'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(x, 0);
 }
 
 #[test]

@@ -349,3 +349,57 @@ async fn event_streams_are_bounded(pool: PgPool) {
     let (status, _) = open_stream(&app, &path, admin).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// With the sync server in the process, a merge reaches the stream through the server's own
+/// broadcast, as the merge workers publish it after their commit: no poll in between. The
+/// change announced here is a device document no poll or `NOTIFY` would ever report (it has no
+/// stored row), so only the push path can deliver it.
+#[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
+async fn merges_are_pushed_from_the_sync_servers_broadcast(pool: PgPool) {
+    use cartwise_schema::{BranchId, DeviceId};
+    use cartwise_sync_core::DocId;
+    let w = world(&pool).await;
+    let server = cartwise_cloud_hub::sync_server::SyncServer::new(
+        pool.clone(),
+        std::sync::Arc::new(cartwise_cloud_hub::clock::HubClock::new()),
+    );
+    cartwise_cloud_hub::metrics::register_sync_server(&server);
+    let app = api_support::app(&pool);
+    let (status, mut stream) = open_stream(
+        &app,
+        &format!("/api/events?branch_id={}", w.a1.branch),
+        w.token(Role::BranchManager),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut buffer = String::new();
+    assert_eq!(next_event(&mut stream, &mut buffer).await.0, "ready");
+    let doc = DocId::Device {
+        device: DeviceId::from_uuid(w.a1.device),
+        epoch: 0,
+    };
+    // What a merge worker does after its commit.
+    server
+        .events()
+        .publish(BranchId::from_uuid(w.a1.branch), doc);
+    // Keep-alive comments would keep `next_event` waiting forever: bound the whole wait.
+    let (name, data) = tokio::time::timeout(
+        Duration::from_secs(20),
+        next_event(&mut stream, &mut buffer),
+    )
+    .await
+    .expect("the merge is pushed to the stream");
+    assert_eq!(name, "change");
+    assert_eq!(data["topic"], "branch");
+    assert_eq!(data["doc"], doc.to_string());
+    // Another branch's merge is not on this stream.
+    server.events().publish(
+        BranchId::from_uuid(w.a2.branch),
+        DocId::Device {
+            device: DeviceId::from_uuid(w.a2.device),
+            epoch: 0,
+        },
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
+    assert!(quiet.is_err(), "no event for another branch's merge");
+}

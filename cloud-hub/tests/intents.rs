@@ -981,3 +981,119 @@ async fn the_intent_command_sets_the_otp_policy_and_the_language(pool: PgPool) {
     }
     assert_eq!(count(&pool, "SELECT count(*) FROM intents").await, 2);
 }
+
+/// A branch setting goes to every device of the branch in one transaction: one document
+/// write holding every intent, one row each, one audit row listing them, no per-intent rows.
+#[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
+async fn a_branch_setting_reaches_every_device_in_one_change(pool: PgPool) {
+    seeded(&pool).await;
+    let kinds = [
+        IntentKind::SetRentalMinutes { minutes: 120 },
+        IntentKind::SetLanguage {
+            language: KioskLanguage::En,
+        },
+    ];
+    let batch = intents::BatchAudit {
+        action: "branch.settings",
+        target: format!("branch/{}", branch()),
+        request: serde_json::json!({ "rental_minutes": 120, "language": "en" }),
+    };
+    let created = intents::create_for_branch(&pool, branch(), &kinds, None, &admin(), &batch)
+        .await
+        .unwrap();
+    assert_eq!(created.len(), 4, "2 settings x 2 devices");
+    let mut pairs: Vec<(DeviceId, &str)> = created
+        .iter()
+        .map(|i| (i.device, i.kind.as_str()))
+        .collect();
+    pairs.sort();
+    let mut expected = vec![
+        (pi1(), "set_rental_minutes"),
+        (pi1(), "set_language"),
+        (pi2(), "set_rental_minutes"),
+        (pi2(), "set_language"),
+    ];
+    expected.sort();
+    assert_eq!(pairs, expected);
+    assert!(created.iter().all(|i| i.status == IntentStatus::Pending));
+    assert!(
+        created
+            .iter()
+            .all(|i| i.created_at == created[0].created_at)
+    );
+
+    // The document: every intent, added by one change of the hub's actor.
+    let doc = intents_doc(&pool, branch()).await.unwrap();
+    let read = read_intents_doc(&doc);
+    assert!(read.skipped.is_empty(), "{:?}", read.skipped);
+    let mut in_doc: Vec<IntentId> = read.intents.iter().map(|i| i.id).collect();
+    let mut ids: Vec<IntentId> = created.iter().map(|i| i.id).collect();
+    in_doc.sort();
+    ids.sort();
+    assert_eq!(in_doc, ids);
+    assert!(
+        doc.get_changes(&[])
+            .iter()
+            .all(|c| c.actor_id() == &hub_actor(chain()))
+    );
+    // Written once: the document row's version moved by one write.
+    let version: i64 = sqlx::query_scalar("SELECT version FROM sync_documents WHERE doc_id = $1")
+        .bind(DocId::branch_intents(branch()).to_string())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(version, 1);
+
+    assert_eq!(audits(&pool, "branch.settings", &batch.target).await, 1);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM audit_log WHERE action = 'intent.created'"
+        )
+        .await,
+        0
+    );
+    let listed: serde_json::Value = sqlx::query_scalar(
+        "SELECT detail->'intents' FROM audit_log WHERE action = 'branch.settings'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 4);
+
+    // A post intent is not a branch setting: refused, nothing written, the refusal audited.
+    let before = count(&pool, "SELECT count(*) FROM intents").await;
+    let error = intents::create_for_branch(
+        &pool,
+        branch(),
+        &[IntentKind::UnlockPost { post: 1 }],
+        None,
+        &admin(),
+        &batch,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, IntentError::Invalid(_)), "{error}");
+    assert_eq!(count(&pool, "SELECT count(*) FROM intents").await, before);
+    assert_eq!(audits(&pool, "intent.refused", &batch.target).await, 1);
+    // An argument out of range refuses the whole request: no device gets anything.
+    let error = intents::create_for_branch(
+        &pool,
+        branch(),
+        &[
+            IntentKind::SetLanguage {
+                language: KioskLanguage::He,
+            },
+            IntentKind::SetRentalMinutes { minutes: 0 },
+        ],
+        None,
+        &admin(),
+        &batch,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, IntentError::Invalid(_)), "{error}");
+    assert_eq!(count(&pool, "SELECT count(*) FROM intents").await, before);
+    let unchanged = intents_doc(&pool, branch()).await.unwrap();
+    assert_eq!(unchanged.get_heads(), doc.get_heads());
+}

@@ -1,9 +1,12 @@
 #!/usr/bin/env node
 // End-to-end test of the hub's dashboard in a real headless browser (Debian's Chromium driven
 // by playwright-core): sign in, open a branch, see a lend made at an edge appear live on the
-// posts grid, send "out of service" for a post and see it applied.
+// posts grid, send "out of service" for a post and see it applied, change the branch's kiosk
+// language and see the running edge apply it; with --admin-login, sign in again as a chain
+// admin and create, then disable, a user on the Users page.
 //
 //   node dashboard.mjs --url URL --login NAME --password PASS --branch UUID [--screenshots DIR]
+//                      [--admin-login NAME --admin-password PASS]
 //
 // --url       the hub's dashboard (http://HOST:PORT/dashboard/ or the root, which redirects)
 // --branch    the branch to open; its posts must show on the grid
@@ -31,7 +34,7 @@ function usage(message) {
 }
 
 function parseArgs(argv) {
-  const known = new Set(['url', 'login', 'password', 'branch', 'screenshots']);
+  const known = new Set(['url', 'login', 'password', 'branch', 'screenshots', 'admin-login', 'admin-password']);
   const out = {};
   for (let i = 0; i < argv.length; i += 1) {
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(argv[i]);
@@ -108,6 +111,7 @@ async function run() {
     await page.fill('#login-password', args.password);
     await page.click('#login-submit');
     await page.locator('#branches').waitFor({ state: 'visible' });
+    await page.locator('#login').waitFor({ state: 'hidden' });
   });
 
   await step('switch to Hebrew and back', async () => {
@@ -164,6 +168,41 @@ async function run() {
     }, target, { timeout: 30000 });
     console.log(`  post ${target} out of service`);
   });
+
+  await step('a branch setting is applied by the edge', async () => {
+    await page.locator('#settings-form').waitFor({ state: 'visible' });
+    await page.selectOption('#settings-form select[name="language"]', 'en');
+    await page.click('#settings-form button[type="submit"]');
+    // One intent per device of the branch; the running edge answers, the others stay pending.
+    await page.waitForFunction(() => document.querySelectorAll('#settings .setting-intent[data-setting="language"]').length > 0);
+    await page.waitForFunction(() => [...document.querySelectorAll('#settings .setting-intent[data-setting="language"]')]
+      .some((el) => el.dataset.status === 'applied'), null, { timeout: 30000 });
+  });
+
+  if (args['admin-login']) {
+    await step('an admin creates and disables a user', async () => {
+      page.on('dialog', (dialog) => dialog.accept());
+      await page.click('#logout');
+      await page.locator('#login').waitFor({ state: 'visible' });
+      await page.fill('#login-name', args['admin-login']);
+      await page.fill('#login-password', args['admin-password']);
+      await page.click('#login-submit');
+      await page.locator('#nav-users').waitFor({ state: 'visible' });
+      await page.locator('#login').waitFor({ state: 'hidden' });
+      await page.click('#nav-users');
+      await page.locator('#users').waitFor({ state: 'visible' });
+      const form = page.locator('#user-form');
+      await form.locator('input[name="login"]').fill('e2e-viewer');
+      await form.locator('input[name="password"]').fill('a long enough password');
+      await form.locator('select[name="role"]').selectOption('viewer');
+      await form.locator('button[type="submit"]').click();
+      const row = page.locator('#users tbody tr', { hasText: 'e2e-viewer' });
+      await row.waitFor({ state: 'visible' });
+      await row.locator('button[data-user-act="disable"]').click();
+      await page.locator('#users tbody tr', { hasText: 'e2e-viewer' })
+        .locator('[data-active="false"]').waitFor({ state: 'attached' });
+    });
+  }
 
   assert(pageErrors.length === 0, `page errors: ${pageErrors.join('; ')}`);
   assert(foreignRequests.length === 0, `requests outside ${origin}: ${foreignRequests.join(', ')}`);

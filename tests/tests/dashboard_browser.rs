@@ -1,6 +1,8 @@
 //! The hub's dashboard in headless Chromium against a real hub and edge: sign in, open a
-//! branch, a lend made at the edge appears live on the posts grid, and "out of service" sent
-//! from the grid comes back applied (`tests/browser/dashboard.mjs` drives the page).
+//! branch, a lend made at the edge appears live on the posts grid, "out of service" sent
+//! from the grid comes back applied, and a kiosk language set in the branch's settings form
+//! comes back applied by the edge; then a chain admin creates and disables a user on the
+//! Users page (`tests/browser/dashboard.mjs` drives the page).
 //!
 //! The hub serves HTTP (API + dashboard) and QUIC on one Postgres; the edge is the seeded Pi
 //! st-ra-pi-2 (posts 33-48 on one simulated board), enrolled with a re-issued code.
@@ -126,6 +128,19 @@ async fn the_dashboard_shows_a_lend_live_and_applies_out_of_service(pool: PgPool
     )
     .await
     .unwrap();
+    // A chain admin for the Users page.
+    users::add_user(
+        &pool,
+        &NewUser {
+            login: "chief".into(),
+            password: PASSWORD.into(),
+            role: Role::ChainAdmin,
+            chain: Some(chain),
+            branches: vec![],
+        },
+    )
+    .await
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -145,6 +160,7 @@ async fn the_dashboard_shows_a_lend_live_and_applies_out_of_service(pool: PgPool
         .args(["--url", &format!("http://{addr}/")])
         .args(["--login", "manager", "--password", PASSWORD])
         .args(["--branch", BRANCH])
+        .args(["--admin-login", "chief", "--admin-password", PASSWORD])
         .arg("--screenshots")
         .arg(&shots)
         .stdin(Stdio::piped())
@@ -207,6 +223,24 @@ async fn the_dashboard_shows_a_lend_live_and_applies_out_of_service(pool: PgPool
         output.status,
         shots.display()
     );
+    // The settings form reached the edge: its set_language intent came back applied.
+    assert!(
+        transcript.contains("ok - a branch setting is applied by the edge"),
+        "{transcript}"
+    );
+    assert!(
+        intents
+            .iter()
+            .any(|(kind, status, _)| kind == "set_language" && status == "applied"),
+        "{intents:?}"
+    );
+    // The Users page created and disabled a user.
+    let created: Option<bool> =
+        sqlx::query_scalar("SELECT active FROM users WHERE login = 'e2e-viewer'")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+    assert_eq!(created, Some(false), "{transcript}");
     let _ = stop_http.send(());
     server.await.unwrap().unwrap();
     station.stop().await;

@@ -1,12 +1,17 @@
 // The CartWise dashboard: a client of the hub's REST API (same origin, session cookie) and of
 // its change stream (GET /api/events). Hash routes: #/chains, #/branches, #/branch/{id},
-// #/devices, #/history, #/telemetry, #/audit. Every text from the API is set as textContent.
+// #/devices, #/history, #/telemetry, #/audit, #/users. Every text from the API is set as
+// textContent. What a user may do comes from /api/auth/me (`may`); the API decides anyway.
 "use strict";
 (function () {
   const t = (key, vars) => window.I18N.t(key, vars);
   const $ = (sel) => document.querySelector(sel);
   const view = () => $("#view");
-  const POST_ACTIONS = ["out_of_service", "in_service", "unlock", "note"];
+  // Each post action and the permission it needs.
+  const POST_ACTIONS = [["out_of_service", "cart_intent"], ["in_service", "cart_intent"],
+    ["unlock", "maintenance_unlock"], ["note", "cart_intent"]];
+  const ROLES = ["platform_admin", "chain_admin", "branch_manager", "technician", "viewer"];
+  const may = (what) => Boolean(me && me.may && me.may.includes(what));
   const REFRESH_DEBOUNCE_MS = 250;
   const REFRESH_AGAIN_MS = 2500;
   let me = null;
@@ -115,7 +120,8 @@
     $("#nav").hidden = false;
     $("#logout").hidden = false;
     $("#who").textContent = `${me.login} (${me.role})`;
-    $("#nav-audit").hidden = !["platform_admin", "chain_admin"].includes(me.role);
+    $("#nav-audit").hidden = !may("read_audit");
+    $("#nav-users").hidden = !may("manage_users");
     route();
   }
 
@@ -231,12 +237,12 @@
 
   async function branchPage(id) {
     const since = new Date(Date.now() - 7 * 86400e3).toISOString();
-    const [branch, stats, carts, active, recent, anomalies, intents, devices, rentalStats] = await Promise.all([
+    const [branch, stats, carts, active, recent, anomalies, intents, devices, rentalStats, settings] = await Promise.all([
       get(`/branches/${id}`), get(`/branches/${id}/stats`), get(`/branches/${id}/carts?per_page=200`),
       get(`/branches/${id}/rentals/active?per_page=200`),
       get(`/branches/${id}/rentals/history?per_page=200&since=${encodeURIComponent(since)}`),
       get(`/branches/${id}/anomalies`), get(`/branches/${id}/intents`), get(`/branches/${id}/devices`),
-      get(`/branches/${id}/rentals/stats`),
+      get(`/branches/${id}/rentals/stats`), get(`/branches/${id}/settings`),
     ]);
     if (location.hash !== `#/branch/${id}`) return; // navigated away meanwhile
     const latest = new Map();
@@ -247,7 +253,7 @@
     const online = devices.filter((d) => d.status === "online").length;
     const posts = h("div", { class: "posts", id: "posts" }, carts.map((c) => {
       const intent = latest.get(c.cart_number);
-      const canAct = me && ["platform_admin", "chain_admin", "branch_manager"].includes(me.role);
+      const actions = POST_ACTIONS.filter(([, need]) => may(need));
       return h("div", { class: "post", "data-post": c.cart_number, "data-status": c.status, "data-locked": c.is_locked },
         h("div", { class: "num", text: `#${c.cart_number}` }),
         h("div", { class: "status", text: t("post." + c.status) === "post." + c.status ? c.status : t("post." + c.status) }),
@@ -256,7 +262,7 @@
         intent ? h("div", { class: "intent", "data-kind": intent.kind, "data-status": intent.status },
           `${t("act." + intent.kind) === "act." + intent.kind ? intent.kind : t("act." + intent.kind)}: `, state(intent.status),
           intent.outcome_detail ? ` (${intent.outcome_detail})` : "") : null,
-        canAct ? h("div", { class: "acts" }, POST_ACTIONS.map((kind) =>
+        actions.length ? h("div", { class: "acts" }, actions.map(([kind]) =>
           h("button", { type: "button", "data-act": kind, text: t("act." + kind), onclick: () => act(id, c.cart_number, kind) }))) : null);
     }));
     const returns = recent.filter((r) => r.actual_return)
@@ -291,6 +297,7 @@
         window.Charts.line(t("chart.per_day"), rentalStats.per_day.map((d) => ({ label: d.day.slice(5), value: d.rentals }))),
         window.Charts.bars(t("chart.utilisation"), carts.map((c) => ({ label: `#${c.cart_number}`, value: perPost.get(c.cart_number) || 0 }))),
         window.Charts.bars(t("chart.lag"), devices.map((d) => ({ label: d.device_name, value: d.sync_lag_seconds || 0 })))),
+      h("h2", { text: t("branch.settings") }), settingsView(id, settings),
       h("h2", { text: t("branch.devices") }), devicesTable(devices),
       h("h2", { text: t("branch.intents") }), table([
         ["col.at", (i) => when(i.created_at)], ["col.kind", (i) => i.kind], ["col.post", (i) => i.post],
@@ -298,8 +305,59 @@
         ["col.status", (i) => state(i.status)], ["col.outcome", (i) => i.outcome_detail]], intents, { id: "intents" }));
   }
 
+  // A branch's settings as last asked for, each device's intent with its state, and (for
+  // those who may) a form that sends any of them to every device of the branch.
+  function settingsView(branchId, settings) {
+    const shown = (name, value) => {
+      if (value === null || value === undefined) return "";
+      if (name === "when_sms_unavailable") return t("settings.policy." + value);
+      if (name === "language") return t("settings.lang." + value);
+      return String(value);
+    };
+    const rows = ["rental_minutes", "when_sms_unavailable", "language"].map((name) => ({ name, s: settings[name] }));
+    const current = table([
+      ["settings.setting", (r) => t("settings." + r.name)],
+      ["settings.value", (r) => (r.s ? shown(r.name, r.s.value) : "")],
+      ["col.by", (r) => (r.s ? r.s.requested_by : "")],
+      ["col.at", (r) => (r.s ? when(r.s.requested_at) : "")],
+      ["settings.devices", (r) => (r.s ? h("span", {}, r.s.devices.map((d) =>
+        h("span", { class: "setting-intent", "data-setting": r.name, "data-device": d.device_id, "data-status": d.status },
+          `${d.device_name}: `, state(d.status), d.outcome_detail ? ` (${d.outcome_detail}) ` : " "))) : "")],
+    ], rows, { id: "settings" });
+    if (!may("branch_settings")) return current;
+    const minutes = h("input", { type: "number", name: "rental_minutes", min: 1, max: 10080, placeholder: t("settings.unchanged") });
+    const option = (value, label) => h("option", { value, text: label });
+    const policy = h("select", { name: "when_sms_unavailable" }, option("", t("settings.unchanged")),
+      option("refuse", t("settings.policy.refuse")), option("token", t("settings.policy.token")));
+    const lang = h("select", { name: "language" }, option("", t("settings.unchanged")),
+      option("he", t("settings.lang.he")), option("en", t("settings.lang.en")));
+    const message = h("p", { class: "muted", role: "status" });
+    const form = h("form", { class: "filters", id: "settings-form" },
+      h("label", {}, t("settings.rental_minutes"), minutes),
+      h("label", {}, t("settings.when_sms_unavailable"), policy),
+      h("label", {}, t("settings.language"), lang),
+      h("button", { type: "submit", class: "primary", text: t("settings.send") }), message);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const body = {};
+      if (minutes.value) body.rental_minutes = Number(minutes.value);
+      if (policy.value) body.when_sms_unavailable = policy.value;
+      if (lang.value) body.language = lang.value;
+      if (!Object.keys(body).length) { message.textContent = t("settings.nothing"); return; }
+      try {
+        const sent = await api("PUT", `/branches/${branchId}/settings`, body);
+        message.textContent = t("settings.sent", { n: sent.data.length });
+        await branchPage(branchId);
+      } catch (error) {
+        message.textContent = t("act.failed", { msg: error.message });
+      }
+    });
+    return h("div", {}, current, form);
+  }
+
   async function act(branchId, post, kind) {
     const body = { kind, post };
+    if (kind === "unlock" && !window.confirm(t("act.unlock_confirm", { post }))) return;
     if (kind === "note") {
       const text = window.prompt(t("act.note_prompt", { post }));
       if (!text) return;
@@ -406,6 +464,73 @@
     await load(1);
   }
 
+  // Users (platform admins: all; chain admins: their chain's): create, change role, scope or
+  // password, disable (which ends the user's sessions at once), enable again.
+  async function usersPage() {
+    const [list, branchList, chains] = await Promise.all([
+      get("/users?per_page=200"), branches(), get("/chains?per_page=200")]);
+    const message = h("p", { class: "muted", role: "status" });
+    const ids = (text) => text.split(/[\s,]+/).filter(Boolean);
+    const send = async (method, path, body) => {
+      try {
+        await api(method, path, body);
+        await usersPage();
+      } catch (error) {
+        message.textContent = t("act.failed", { msg: error.message });
+      }
+    };
+    const roleSelect = (selected) => h("select", { name: "role" }, ROLES
+      .filter((r) => r !== "platform_admin" || me.role === "platform_admin")
+      .map((r) => h("option", { value: r, selected: r === selected, text: t("role." + r) })));
+    const chainSelect = h("select", { name: "chain_id" }, h("option", { value: "", text: t("none") }),
+      chains.map((c) => h("option", { value: c.id, text: c.name })));
+    const branchNames = new Map(branchList.map((b) => [b.id, `${b.name} (${b.branch_code})`]));
+    const create = h("form", { class: "filters", id: "user-form" },
+      h("label", {}, t("login.name"), h("input", { name: "login", required: true, autocomplete: "off" })),
+      h("label", {}, t("login.password"), h("input", { name: "password", type: "password", required: true, minlength: 10, autocomplete: "new-password" })),
+      h("label", {}, t("users.role"), roleSelect("viewer")),
+      h("label", {}, t("users.chain"), chainSelect),
+      h("label", {}, t("users.branches"), h("select", { name: "branch_ids", multiple: true },
+        branchList.map((b) => h("option", { value: b.id, text: branchNames.get(b.id) })))),
+      h("button", { type: "submit", class: "primary", text: t("users.create") }));
+    create.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const f = new FormData(create);
+      const body = { login: f.get("login"), password: f.get("password"), role: f.get("role"),
+        branch_ids: f.getAll("branch_ids") };
+      if (f.get("chain_id")) body.chain_id = f.get("chain_id");
+      send("POST", "/users", body);
+    });
+    const rows = table([
+      ["login.name", (u) => u.login],
+      ["users.role", (u) => {
+        const select = roleSelect(u.role);
+        select.addEventListener("change", () => send("PUT", `/users/${u.id}`, { role: select.value }));
+        return u.id === me.user_id ? t("role." + u.role) : select;
+      }],
+      ["users.chain", (u) => (chains.find((c) => c.id === u.chain_id) || {}).name || ""],
+      ["users.branches", (u) => u.branch_ids.map((b) => branchNames.get(b) || b).join(", ")],
+      ["col.active", (u) => h("span", { "data-active": String(u.active), text: t(u.active ? "yes" : "no") })],
+      ["users.actions", (u) => u.id === me.user_id ? "" : h("span", { class: "acts" },
+        u.active
+          ? h("button", { type: "button", "data-user-act": "disable", text: t("users.disable"), onclick: () => {
+            if (window.confirm(t("users.disable_confirm", { login: u.login }))) send("DELETE", `/users/${u.id}`);
+          } })
+          : h("button", { type: "button", "data-user-act": "enable", text: t("users.enable"), onclick: () => send("PUT", `/users/${u.id}`, { active: true }) }),
+        " ",
+        h("button", { type: "button", "data-user-act": "password", text: t("users.password"), onclick: () => {
+          const password = window.prompt(t("users.password_prompt", { login: u.login }));
+          if (password) send("PUT", `/users/${u.id}`, { password });
+        } }),
+        " ",
+        h("button", { type: "button", "data-user-act": "branches", text: t("users.set_branches"), onclick: () => {
+          const text = window.prompt(t("users.branches_prompt", { login: u.login }), u.branch_ids.join(", "));
+          if (text !== null) send("PUT", `/users/${u.id}`, { branch_ids: ids(text) });
+        } }))],
+    ], list, { id: "users" });
+    view().replaceChildren(h("h1", { text: t("users.title") }), rows, h("h2", { text: t("users.new") }), create, message);
+  }
+
   // ---- routing and language -----------------------------------------------------------
   async function route() {
     if (!me) return;
@@ -425,6 +550,7 @@
       else if (path === "/history") await historyPage();
       else if (path === "/telemetry") await telemetryPage();
       else if (path === "/audit") await auditPage();
+      else if (path === "/users") await usersPage();
       else await branchesPage(params);
     } catch (error) {
       fail(error);

@@ -40,8 +40,15 @@ pub enum Action {
     RegisterDevice,
     /// Set a device's desired firmware.
     SetFirmware,
-    /// Assign a cart to a shopper or force its return.
+    /// Assign a cart to a shopper or force its return; take a post out of service or back;
+    /// leave a note.
     CartIntent,
+    /// Unlock a post for maintenance.
+    MaintenanceUnlock,
+    /// Change a branch's settings (rental minutes, OTP policy, kiosk language).
+    BranchSettings,
+    /// Create, change or disable users.
+    ManageUsers,
     /// Read the audit log.
     ReadAudit,
 }
@@ -58,6 +65,9 @@ impl Action {
             Action::RegisterDevice => "register devices",
             Action::SetFirmware => "set device firmware",
             Action::CartIntent => "assign or return carts",
+            Action::MaintenanceUnlock => "unlock posts for maintenance",
+            Action::BranchSettings => "change branch settings",
+            Action::ManageUsers => "manage users",
             Action::ReadAudit => "read the audit log",
         }
     }
@@ -69,8 +79,14 @@ pub fn permits(role: Role, action: Action) -> bool {
     match role {
         Role::PlatformAdmin => true,
         Role::ChainAdmin => !matches!(action, A::CreateChain | A::DeleteChain),
-        Role::BranchManager => matches!(action, A::Read | A::CartIntent),
-        Role::Technician => matches!(action, A::Read | A::RegisterDevice | A::SetFirmware),
+        Role::BranchManager => matches!(
+            action,
+            A::Read | A::CartIntent | A::MaintenanceUnlock | A::BranchSettings
+        ),
+        Role::Technician => matches!(
+            action,
+            A::Read | A::RegisterDevice | A::SetFirmware | A::MaintenanceUnlock
+        ),
         Role::Viewer => action == A::Read,
     }
 }
@@ -228,6 +244,16 @@ impl Caller {
         } else {
             Err(ApiError::forbidden(action.describe()))
         }
+    }
+
+    /// 403 unless the role may do `action` at all, recording a refused write in the audit log.
+    pub async fn require_audited(
+        &self,
+        pool: &PgPool,
+        action: Action,
+        target: &str,
+    ) -> Result<(), ApiError> {
+        self.permit(pool, action, None, None, target).await
     }
 
     /// The branch `id` if visible (else 404), and `action` permitted on it (else 403).

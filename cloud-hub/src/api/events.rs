@@ -1,11 +1,13 @@
 //! `GET /api/events?branch_id=…`: a Server-Sent Events stream telling the dashboard that a
 //! branch's carts, rentals, intents or devices changed, so it refetches without reloading.
 //!
-//! - The source is the merge path's per-branch change broadcast type
-//!   ([`crate::merge::events::BranchEvents`]), fed here by its own two feeders: the Postgres
-//!   `NOTIFY` of intents written by any hub process, and the poll of `sync_documents` versions
-//!   (every document a merge commits, in this process or another). The HTTP side therefore
-//!   needs nothing from the sync server and works in a process that serves only HTTP.
+//! - The source is the merge path's per-branch change broadcast
+//!   ([`crate::merge::events::BranchEvents`]). When this process runs the sync server (`serve
+//!   --quic`), the stream subscribes to the server's own broadcast, which the merge workers
+//!   publish to right after each commit: a lend at a Pi reaches the dashboard as soon as its
+//!   merge commits, with no poll in between. That broadcast's own feeders (the intents
+//!   `NOTIFY` and the `sync_documents` version poll) bring in what other hub processes write.
+//!   A process that serves only HTTP starts the same two feeders on a broadcast of its own.
 //! - Scoped like every API route: the caller must see the branch (else 404).
 //! - Bounded: at most [`SSE_CLIENTS_MAX`] streams at once (more get 503); each stream's buffer
 //!   is the broadcast's [`crate::merge::events::BRANCH_EVENTS_MAX`]; a client too slow to keep
@@ -48,9 +50,13 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// The broadcast, starting its feeders on first use (inside the server's runtime).
+    /// The broadcast: the sync server's if this process runs one (merges push to it), else
+    /// one of its own with its feeders started on first use (inside the server's runtime).
     fn events(&self, pool: &PgPool) -> Arc<BranchEvents> {
         Arc::clone(self.events.get_or_init(|| {
+            if let Some(server) = crate::metrics::global().sync_server() {
+                return server.events();
+            }
             let events = Arc::new(BranchEvents::default());
             tokio::spawn(Arc::clone(&events).listen(pool.clone()));
             tokio::spawn(Arc::clone(&events).poll_versions(pool.clone()));

@@ -82,15 +82,17 @@ fn view(intent: &Intent) -> Value {
     })
 }
 
-fn intent_error(error: IntentError) -> ApiError {
+/// An intent refusal as the API answers it.
+pub(crate) fn intent_error(error: IntentError) -> ApiError {
     match error {
         IntentError::UnknownDevice(_) | IntentError::WrongBranch { .. } => {
             ApiError::not_found("device")
         }
         IntentError::UnknownBranch(_) => ApiError::not_found("branch"),
         IntentError::UnknownIntent(_) => ApiError::not_found("intent"),
-        IntentError::DeviceRevoked(_) => ApiError::conflict(error.to_string()),
-        IntentError::UnknownPost { .. } => ApiError::conflict(error.to_string()),
+        IntentError::DeviceRevoked(_)
+        | IntentError::UnknownPost { .. }
+        | IntentError::NoDevices(_) => ApiError::conflict(error.to_string()),
         IntentError::Invalid(_) | IntentError::BadExpiry | IntentError::BadStatus(_) => {
             ApiError::new(
                 StatusCode::BAD_REQUEST,

@@ -22,8 +22,9 @@ use super::auth::{Action, Caller};
 use super::devices::OFFLINE_AFTER_SECS;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
+use super::intents::intent_error;
 use super::page::ok;
-use crate::intents::{self, Actor, ActorKind, Intent, IntentError, IntentFilter, IntentRequest};
+use crate::intents::{self, Actor, ActorKind, Intent, IntentFilter, IntentRequest};
 
 /// Intents a branch's list shows, newest first.
 pub const INTENTS_SHOWN_MAX: i64 = 100;
@@ -165,7 +166,8 @@ pub async fn anomalies(
     Ok(ok(list))
 }
 
-fn view(intent: &Intent) -> Value {
+/// An intent with its outcome as the live view shows it.
+pub(crate) fn view(intent: &Intent) -> Value {
     json!({
         "id": intent.id.to_string(),
         "kind": intent.kind.as_str(),
@@ -179,27 +181,6 @@ fn view(intent: &Intent) -> Value {
         "created_at": intent.created_at,
         "updated_at": intent.updated_at,
     })
-}
-
-fn intent_error(error: IntentError) -> ApiError {
-    match error {
-        IntentError::UnknownDevice(_) | IntentError::WrongBranch { .. } => {
-            ApiError::not_found("device")
-        }
-        IntentError::UnknownBranch(_) => ApiError::not_found("branch"),
-        IntentError::UnknownIntent(_) => ApiError::not_found("intent"),
-        IntentError::DeviceRevoked(_) | IntentError::UnknownPost { .. } => {
-            ApiError::conflict(error.to_string())
-        }
-        IntentError::Invalid(_) | IntentError::BadExpiry | IntentError::BadStatus(_) => {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "validation_failed",
-                error.to_string(),
-            )
-        }
-        IntentError::Corrupt { .. } | IntentError::Db { .. } => ApiError::internal(error),
-    }
 }
 
 /// `GET /api/branches/{branch_id}/intents`: the newest, with their status and outcome.
@@ -241,9 +222,13 @@ pub async fn post_intent(
     if post == 0 {
         return Err(ApiError::invalid("post", "posts are numbered from 1"));
     }
-    let place = caller
-        .branch(&state.pool, branch, Action::CartIntent)
-        .await?;
+    // A maintenance unlock is also a technician's; the rest is a manager's.
+    let action = if body.kind == "unlock" {
+        Action::MaintenanceUnlock
+    } else {
+        Action::CartIntent
+    };
+    let place = caller.branch(&state.pool, branch, action).await?;
     let kind = match (body.kind.as_str(), body.text) {
         ("out_of_service", None) => IntentKind::OutOfService { post },
         ("in_service", None) => IntentKind::InService { post },

@@ -69,6 +69,9 @@ fn me(principal: &users::Principal) -> Value {
         (Action::RegisterDevice, "register_device"),
         (Action::SetFirmware, "set_firmware"),
         (Action::CartIntent, "cart_intent"),
+        (Action::MaintenanceUnlock, "maintenance_unlock"),
+        (Action::BranchSettings, "branch_settings"),
+        (Action::ManageUsers, "manage_users"),
         (Action::ReadAudit, "read_audit"),
     ]
     .into_iter()
