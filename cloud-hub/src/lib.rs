@@ -20,6 +20,8 @@ pub mod project;
 pub mod quic;
 pub mod seed;
 pub mod sync_server;
+pub mod tech_audit;
+pub mod technicians;
 pub mod telemetry;
 pub mod users;
 pub mod world;

@@ -72,6 +72,9 @@ enum Command {
     /// Users of the REST API and dashboard: add one (e.g. the first platform admin).
     #[command(subcommand)]
     User(UserCommand),
+    /// Technician credentials: issue (for a laptop's key), revoke (no new ones), list.
+    #[command(subcommand)]
+    Technician(cartwise_cloud_hub::technicians::cli::TechnicianCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -400,6 +403,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Device(command) => run_device(command).await?,
         Command::Intent(command) => run_intent(command).await?,
         Command::User(command) => run_user(command).await?,
+        Command::Technician(command) => cartwise_cloud_hub::technicians::cli::run(command).await?,
     }
     Ok(())
 }

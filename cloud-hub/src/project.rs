@@ -143,6 +143,7 @@ pub async fn project_batch(
             Some(previous) => changed(previous, facts),
             None => facts.clone(),
         };
+        crate::tech_audit::record_log(conn, device, branch, &delta.technician_log).await?;
         let empty = delta.posts.is_empty()
             && delta.rentals.is_empty()
             && delta.anomalies.is_empty()
@@ -213,6 +214,9 @@ pub fn changed(previous: &DeviceFacts, facts: &DeviceFacts) -> DeviceFacts {
         anomalies: fresh(&previous.anomalies, &facts.anomalies, |a| a.key.clone()),
         outcomes: fresh(&previous.outcomes, &facts.outcomes, |o| o.intent),
         returns: fresh(&previous.returns, &facts.returns, |r| r.rental),
+        technician_log: fresh(&previous.technician_log, &facts.technician_log, |t| {
+            t.id.clone()
+        }),
         skipped: Vec::new(),
     }
 }

@@ -10,6 +10,7 @@
 //! Architecture Invariant: the engine makes every decision; the HTTP layer only translates, and
 //! the bus driver only reports what the hardware did.
 
+pub mod bundles;
 mod docs;
 pub(crate) mod fold;
 mod give_back;
@@ -20,6 +21,8 @@ mod rotation;
 mod sense;
 pub mod settings;
 mod sync;
+mod techbus;
+pub mod techlog;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, RwLock};

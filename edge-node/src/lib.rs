@@ -39,9 +39,15 @@ pub mod shopper {
     pub mod token;
 }
 #[cfg(feature = "node")]
+pub mod bundle_cli;
+#[cfg(feature = "node")]
 pub mod sim_board;
 #[cfg(feature = "node")]
 pub mod store;
+#[cfg(feature = "node")]
+pub mod tech;
+#[cfg(feature = "node")]
+pub mod tech_session;
 #[cfg(feature = "node")]
 pub mod timekeeping;
 #[cfg(feature = "node")]

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use cartwise_edge_node::{bus_cli, enroll_cli, run_cli, sim_board};
+use cartwise_edge_node::{bundle_cli, bus_cli, enroll_cli, run_cli, sim_board};
 use clap::Parser;
 
 /// CartWise edge node: lends and returns carts at a branch, with or without the internet.
@@ -22,6 +22,8 @@ enum Command {
     Bus(bus_cli::BusArgs),
     /// Enroll this device with the hub: trade a one-time code for its certificate.
     Enroll(enroll_cli::EnrollArgs),
+    /// Export this Pi's signed facts bundle or import the hub's intents bundle (USB stick).
+    Bundle(bundle_cli::BundleArgs),
 }
 
 #[tokio::main]
@@ -34,6 +36,7 @@ async fn main() -> ExitCode {
         Command::SimBoard(args) => sim_board::cli::run(args).await,
         Command::Bus(args) => bus_cli::run(args).await,
         Command::Enroll(args) => enroll_cli::run(args).await,
+        Command::Bundle(args) => bundle_cli::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

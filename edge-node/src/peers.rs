@@ -24,6 +24,9 @@
 //! under `revoked`: its certificate still verifies against the chain's CA, and the hub may be
 //! unreachable, so the held document is what carries the revocation across the LAN.
 //!
+//! A technician's laptop dials the same listener with its credential: such a connection is
+//! handed to `tech_session.rs` (which checks the credential and records the session).
+//!
 //! Nothing here is needed to lend or return at this Pi.
 
 use std::collections::BTreeSet;
@@ -281,6 +284,10 @@ impl Node {
                 .await
                 .map_err(|_| PeerError::Connection("handshake timed out".into()))?
                 .map_err(|e| PeerError::Connection(e.to_string()))?;
+            if crate::tech_session::technician_peer(&conn).is_some() {
+                // A technician's laptop (`tech_session.rs`), not a branch peer.
+                return self.technician(conn, stopped).await;
+            }
             let peer = verified_peer(&conn, me)?;
             self.refuse_revoked(&conn, peer).await?;
             let (send, recv) = tokio::time::timeout(CONNECT_TIMEOUT, conn.accept_bi())
@@ -307,6 +314,25 @@ impl Node {
         if let Err(error) = outcome {
             tracing::info!(%remote, %error, "branch peer session ended");
         }
+    }
+
+    /// Serves a technician's laptop on an accepted connection.
+    async fn technician(
+        &self,
+        conn: quinn::Connection,
+        stopped: watch::Receiver<bool>,
+    ) -> Result<(), PeerError> {
+        let identity = identity::load(&self.data_dir)
+            .map_err(|e| PeerError::Identity(format!("no identity: {e}")))?;
+        crate::tech_session::serve(
+            Arc::clone(&self.engine),
+            Arc::clone(&self.clock),
+            identity,
+            conn,
+            stopped,
+        )
+        .await
+        .map_err(|e| PeerError::Identity(e.to_string()))
     }
 
     /// Keeps a session with the peer at `address`, reconnecting with capped, jittered backoff.

@@ -41,6 +41,11 @@ pub const SQLITE: &[Migration] = &[
         name: "outbox",
         sql: include_str!("../migrations/sqlite/0005_outbox.sql"),
     },
+    Migration {
+        version: 6,
+        name: "technicians",
+        sql: include_str!("../migrations/sqlite/0006_technicians.sql"),
+    },
 ];
 
 /// The SQLite schema version a fully migrated edge store has.

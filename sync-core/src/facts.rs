@@ -13,8 +13,16 @@
 //!   "anomalies": { "<hlc>":    { kind, post, rental, detail, wall, boot, mono } },
 //!   "outcomes":  { "<intent>": { status, detail, wall, hlc } },
 //!   "returns":   { "<rental>": { origin, post, status, end_at, end_wall, end_boot,
-//!                                end_mono, end_hlc, time_trusted } } }
+//!                                end_mono, end_hlc, time_trusted } },
+//!   "technician_log": { "<uuidv7>": { at, technician, action, outcome, detail } } }
 //! ```
+//!
+//! `technician_log` records every use of a technician credential on the device (a LAN session,
+//! a remote bus command, a bundle exported or imported, intents applied from a bundle), allowed
+//! or refused: `at` the corrected Unix ms, `technician` the credential's user id (`""` when the
+//! credential could not be read), `action` one of [`TECHNICIAN_ACTIONS`], `outcome` `allowed` or
+//! `refused`, `detail` the reason in words. The device keeps the newest
+//! [`TECHNICIAN_LOG_LIVE_MAX`] entries in the document; the hub audits each entry once, by id.
 //!
 //! `outcomes` answers the branch's intents (`crate::intents`): one entry per intent this device
 //! executed or declined, `status` one of `applied`, `failed`, `expired` ([`OutcomeStatus`]),
@@ -47,6 +55,16 @@ pub mod keys {
     pub const ANOMALIES: &str = "anomalies";
     pub const OUTCOMES: &str = "outcomes";
     pub const RETURNS: &str = "returns";
+    pub const TECHNICIAN_LOG: &str = "technician_log";
+
+    /// Fields of a `technician_log` entry.
+    pub mod techlog {
+        pub const AT: &str = "at";
+        pub const TECHNICIAN: &str = "technician";
+        pub const ACTION: &str = "action";
+        pub const OUTCOME: &str = "outcome";
+        pub const DETAIL: &str = "detail";
+    }
 
     /// Fields of an `outcomes` entry.
     pub mod outcome {
@@ -183,6 +201,38 @@ pub struct ReturnFact {
     pub time_trusted: bool,
 }
 
+/// Entries of `technician_log` the device keeps in its live document (older ones stay in its
+/// local store).
+pub const TECHNICIAN_LOG_LIVE_MAX: usize = 256;
+
+/// The actions a `technician_log` entry names.
+pub const TECHNICIAN_ACTIONS: [&str; 7] = [
+    "lan_session",
+    "bus_scan",
+    "bus_status",
+    "bus_unlock",
+    "bundle_export",
+    "bundle_import",
+    "intents_applied",
+];
+
+/// One use of a technician credential on the device, allowed or refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TechnicianLogEntry {
+    /// The entry's id (a UUIDv7 string): the hub audits each id once.
+    pub id: String,
+    /// Corrected wall time, Unix ms.
+    pub at_ms: i64,
+    /// The technician's user id; `None` when the credential could not be read.
+    pub technician: Option<uuid::Uuid>,
+    /// One of [`TECHNICIAN_ACTIONS`].
+    pub action: String,
+    /// `allowed` or `refused`.
+    pub outcome: String,
+    /// What happened, in words (the refusal's reason).
+    pub detail: String,
+}
+
 /// Everything a device document says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceFacts {
@@ -196,6 +246,8 @@ pub struct DeviceFacts {
     pub outcomes: Vec<OutcomeFact>,
     /// Carts of other devices' rentals that docked here.
     pub returns: Vec<ReturnFact>,
+    /// Uses of technician credentials on the device.
+    pub technician_log: Vec<TechnicianLogEntry>,
     /// Entries that could not be read (key and reason); the rest was read.
     pub skipped: Vec<(String, String)>,
 }
@@ -244,7 +296,42 @@ pub fn read_device_doc<D: ReadDoc>(doc: &D) -> DeviceFacts {
             Err(reason) => facts.skipped.push((format!("returns/{key}"), reason)),
         }
     }
+    for (key, obj) in entries(doc, keys::TECHNICIAN_LOG) {
+        match read_techlog(doc, &key, &obj) {
+            Ok(entry) => facts.technician_log.push(entry),
+            Err(reason) => facts
+                .skipped
+                .push((format!("technician_log/{key}"), reason)),
+        }
+    }
     facts
+}
+
+fn read_techlog<D: ReadDoc>(doc: &D, key: &str, obj: &ObjId) -> Result<TechnicianLogEntry, String> {
+    use keys::techlog as k;
+    uuid::Uuid::parse_str(key).map_err(|e| format!("entry id: {e}"))?;
+    let technician = string(doc, obj, k::TECHNICIAN).ok_or_else(|| need(k::TECHNICIAN))?;
+    let technician = if technician.is_empty() {
+        None
+    } else {
+        Some(uuid::Uuid::parse_str(&technician).map_err(|e| format!("technician: {e}"))?)
+    };
+    let outcome = string(doc, obj, k::OUTCOME).ok_or_else(|| need(k::OUTCOME))?;
+    if outcome != "allowed" && outcome != "refused" {
+        return Err(format!("unknown outcome {outcome:?}"));
+    }
+    let action = string(doc, obj, k::ACTION).ok_or_else(|| need(k::ACTION))?;
+    if action.is_empty() || action.len() > 64 {
+        return Err("action is empty or too long".into());
+    }
+    Ok(TechnicianLogEntry {
+        id: key.to_string(),
+        at_ms: int(doc, obj, k::AT).ok_or_else(|| need(k::AT))?,
+        technician,
+        action,
+        outcome,
+        detail: string(doc, obj, k::DETAIL).unwrap_or_default(),
+    })
 }
 
 fn need(field: &str) -> String {
@@ -528,6 +615,71 @@ mod tests {
                 "returns/01a1ffeb-fcae-72a9-aa32-a6e6c791dffa",
             ]
         );
+    }
+
+    #[test]
+    fn technician_log_entries_are_read_and_malformed_ones_skipped() {
+        let mut doc = AutoCommit::new();
+        let log = doc
+            .put_object(ROOT, keys::TECHNICIAN_LOG, ObjType::Map)
+            .unwrap();
+        let put = |doc: &mut AutoCommit, key: &str, tech: &str, outcome: &str| {
+            let e = doc.put_object(&log, key, ObjType::Map).unwrap();
+            doc.put(&e, "at", 7_000_i64).unwrap();
+            doc.put(&e, "technician", tech).unwrap();
+            doc.put(&e, "action", "lan_session").unwrap();
+            doc.put(&e, "outcome", outcome).unwrap();
+            doc.put(&e, "detail", "expired at 1970").unwrap();
+        };
+        let tech = "01a1ffeb-fcae-72a9-aa32-a6e6c791d001";
+        put(
+            &mut doc,
+            "01a1ffeb-fcae-72a9-aa32-a6e6c791e001",
+            tech,
+            "refused",
+        );
+        put(
+            &mut doc,
+            "01a1ffeb-fcae-72a9-aa32-a6e6c791e002",
+            "",
+            "allowed",
+        );
+        put(
+            &mut doc,
+            "01a1ffeb-fcae-72a9-aa32-a6e6c791e003",
+            tech,
+            "maybe",
+        );
+        put(
+            &mut doc,
+            "01a1ffeb-fcae-72a9-aa32-a6e6c791e004",
+            "nobody",
+            "allowed",
+        );
+        put(&mut doc, "x", tech, "allowed");
+        let facts = read_device_doc(&AutoCommit::load(&doc.save()).unwrap());
+        assert_eq!(
+            facts.technician_log,
+            vec![
+                TechnicianLogEntry {
+                    id: "01a1ffeb-fcae-72a9-aa32-a6e6c791e001".into(),
+                    at_ms: 7_000,
+                    technician: Some(uuid::Uuid::parse_str(tech).unwrap()),
+                    action: "lan_session".into(),
+                    outcome: "refused".into(),
+                    detail: "expired at 1970".into(),
+                },
+                TechnicianLogEntry {
+                    id: "01a1ffeb-fcae-72a9-aa32-a6e6c791e002".into(),
+                    at_ms: 7_000,
+                    technician: None,
+                    action: "lan_session".into(),
+                    outcome: "allowed".into(),
+                    detail: "expired at 1970".into(),
+                },
+            ]
+        );
+        assert_eq!(facts.skipped.len(), 3);
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub use certs::{
     chain_ca_params, device_cert_params, device_csr_params, hub_server_params, inspect_certificate,
     key_from_pem, platform_ca_params,
 };
+pub use certs::{
+    TECHNICIAN_HOURS_DEFAULT, TECHNICIAN_HOURS_MAX, TECHNICIAN_HOURS_MIN, technician_cert_params,
+};
 pub use enroll_wire::{
     ENROLL_FRAME_HEADER_LEN, ENROLL_FRAME_LEN_MAX, EnrollRequest, EnrollResponse, EnrollUrl,
     EnrollUrlError, EnrollWireError, Granted, RenewRequest, decode_enroll_payload,

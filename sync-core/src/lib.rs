@@ -44,6 +44,10 @@
 //! | 48 | `LedgerAck` | hub → device | `device`, `rentals`: [rental id] |
 //! | 64 | `Telemetry` | to a peer with cap `telemetry` | `events`: [{`kind`, `data_json`, `wall_ms`, `boot`, `mono_ms`}] |
 //! | 65 | `TelemetryAck` | receiver of `Telemetry`, cap `telemetry-ack` | `events`, `last_boot`, `last_mono_ms` |
+//! | 80 | `Bundle` | device ↔ technician, minor 2, cap `technician` | `bytes`: bin (a signed bundle, [`bundle`]) |
+//! | 81 | `BundleResult` | device → technician, cap `technician` | `seq`, `applied`, `message` |
+//! | 82 | `BusRequest` | technician → device, cap `technician` | `id`, `command` (`scan`/`status`/`unlock`), `board`?, `lock`?, `confirm` |
+//! | 83 | `BusReply` | device → technician, cap `technician` | `id`, `ok`, `body_json`, `message` |
 //!
 //! (`?` marks a field that may be nil.) Rules:
 //!
@@ -186,6 +190,7 @@
 //! nothing.
 
 pub mod authority;
+pub mod bundle;
 mod codes;
 pub mod doc_id;
 pub mod doc_sync;
@@ -195,6 +200,7 @@ pub mod intents;
 pub mod message;
 pub mod session;
 pub mod signed_heads;
+pub mod technician;
 
 pub use authority::{AuthorityError, HubActors, check_changes, device_actor, hub_actor};
 pub use codes::{error_code, refusal};

@@ -23,8 +23,9 @@ pub mod body;
 mod limits;
 
 pub use body::{
-    Busy, Bye, DocHeads, Docs, ErrorBody, Head, Heartbeat, HeartbeatAck, Hello, LedgerAck, Refused,
-    Role, SyncBody, SyncIdle, Telemetry, TelemetryAck, TelemetryEvent, Welcome,
+    Bundle, BundleResult, BusCommand, BusReply, BusRequest, Busy, Bye, DocHeads, Docs, ErrorBody,
+    Head, Heartbeat, HeartbeatAck, Hello, LedgerAck, Refused, Role, SyncBody, SyncIdle,
+    TechnicianMessage, Telemetry, TelemetryAck, TelemetryEvent, Welcome,
 };
 pub use limits::LimitError;
 
@@ -71,11 +72,20 @@ pub enum MessageKind {
     Telemetry = 64,
     /// [`TelemetryAck`]: a telemetry batch is held; cap `telemetry-ack`.
     TelemetryAck = 65,
+    /// [`Bundle`]: a signed bundle, either way of a technician session; minor 2, cap
+    /// `technician`.
+    Bundle = 80,
+    /// [`BundleResult`]: a Pi's answer to a `Bundle`; cap `technician`.
+    BundleResult = 81,
+    /// [`BusRequest`]: a remote lock-bus command from a technician; cap `technician`.
+    BusRequest = 82,
+    /// [`BusReply`]: the answer to a `BusRequest`; cap `technician`.
+    BusReply = 83,
 }
 
 impl MessageKind {
     /// Every kind of protocol version 1, in tag order.
-    pub const ALL_V1: [MessageKind; 15] = [
+    pub const ALL_V1: [MessageKind; 19] = [
         MessageKind::Hello,
         MessageKind::Welcome,
         MessageKind::Busy,
@@ -91,6 +101,10 @@ impl MessageKind {
         MessageKind::LedgerAck,
         MessageKind::Telemetry,
         MessageKind::TelemetryAck,
+        MessageKind::Bundle,
+        MessageKind::BundleResult,
+        MessageKind::BusRequest,
+        MessageKind::BusReply,
     ];
 
     /// The wire tag.
@@ -121,6 +135,10 @@ impl MessageKind {
             MessageKind::LedgerAck => "ledger_ack",
             MessageKind::Telemetry => "telemetry",
             MessageKind::TelemetryAck => "telemetry_ack",
+            MessageKind::Bundle => "bundle",
+            MessageKind::BundleResult => "bundle_result",
+            MessageKind::BusRequest => "bus_request",
+            MessageKind::BusReply => "bus_reply",
         }
     }
 }
@@ -158,6 +176,14 @@ pub enum Message {
     Telemetry(Telemetry),
     /// See [`TelemetryAck`].
     TelemetryAck(TelemetryAck),
+    /// See [`Bundle`].
+    Bundle(Bundle),
+    /// See [`BundleResult`].
+    BundleResult(BundleResult),
+    /// See [`BusRequest`].
+    BusRequest(BusRequest),
+    /// See [`BusReply`].
+    BusReply(BusReply),
     /// A well-formed envelope with a tag this version does not know; `body` is kept opaque.
     Unknown {
         /// The unknown tag.
@@ -232,6 +258,10 @@ impl Message {
             Message::LedgerAck(_) => MessageKind::LedgerAck,
             Message::Telemetry(_) => MessageKind::Telemetry,
             Message::TelemetryAck(_) => MessageKind::TelemetryAck,
+            Message::Bundle(_) => MessageKind::Bundle,
+            Message::BundleResult(_) => MessageKind::BundleResult,
+            Message::BusRequest(_) => MessageKind::BusRequest,
+            Message::BusReply(_) => MessageKind::BusReply,
             Message::Unknown { .. } => return None,
         })
     }
@@ -266,6 +296,10 @@ impl Message {
             Message::LedgerAck(body) => to_named(body),
             Message::Telemetry(body) => to_named(body),
             Message::TelemetryAck(body) => to_named(body),
+            Message::Bundle(body) => to_named(body),
+            Message::BundleResult(body) => to_named(body),
+            Message::BusRequest(body) => to_named(body),
+            Message::BusReply(body) => to_named(body),
             Message::Unknown { body, .. } => Ok(body.clone()),
         }?;
         to_named(&Envelope {
@@ -318,6 +352,10 @@ fn decode_body(kind: MessageKind, body: &[u8]) -> Result<Message, rmp_serde::dec
         MessageKind::LedgerAck => Message::LedgerAck(from_strict(body)?),
         MessageKind::Telemetry => Message::Telemetry(from_strict(body)?),
         MessageKind::TelemetryAck => Message::TelemetryAck(from_strict(body)?),
+        MessageKind::Bundle => Message::Bundle(from_strict(body)?),
+        MessageKind::BundleResult => Message::BundleResult(from_strict(body)?),
+        MessageKind::BusRequest => Message::BusRequest(from_strict(body)?),
+        MessageKind::BusReply => Message::BusReply(from_strict(body)?),
     })
 }
 
@@ -345,8 +383,10 @@ fn to_named<T: Serialize>(value: &T) -> Result<Vec<u8>, MessageError> {
     })
 }
 
-/// Decodes `bytes` as exactly one `T`: bounded nesting, no trailing bytes.
-fn from_strict<T: serde::de::DeserializeOwned>(
+/// Decodes `bytes` as exactly one `T`: bounded nesting, no trailing bytes. Every MessagePack
+/// decoder of outside bytes in this crate goes through here: rmp-serde's own nesting limit
+/// (1,024) is deep enough to overflow a 2 MiB task stack on crafted input.
+pub(crate) fn from_strict<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, rmp_serde::decode::Error> {
     let mut deserializer = rmp_serde::Deserializer::new(bytes);

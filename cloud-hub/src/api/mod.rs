@@ -24,7 +24,10 @@ pub mod live;
 pub mod openapi;
 pub mod page;
 pub mod session;
+pub mod settings;
+pub mod technicians;
 pub mod telemetry;
+pub mod users;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +42,7 @@ use sqlx::PgPool;
 use self::error::ApiError;
 use self::limit::{Limiter, RateLimit};
 use self::openapi::{ApiBuilder, Auth, Op};
+use self::technicians::TechnicianRoutes;
 
 /// The largest request body any `/api` route accepts.
 pub const BODY_MAX: usize = 64 * 1024;
@@ -582,6 +586,97 @@ pub fn routes() -> ApiBuilder {
             },
             post(live::post_intent),
         )
+        .add(
+            Op {
+                data: settings::schema(),
+                ..op(
+                    M::GET,
+                    "/branches/{branch_id}/settings",
+                    "branches",
+                    "A branch's settings as last asked for, with each device's intent",
+                )
+            },
+            get(settings::get),
+        )
+        .add(
+            Op {
+                status: 202,
+                body: Some(settings::body_schema()),
+                data: json!({ "type": "array", "items": live::intent_schema() }),
+                ..op(
+                    M::PUT,
+                    "/branches/{branch_id}/settings",
+                    "branches",
+                    "Change a branch's rental minutes, OTP policy or kiosk language (one intent per device)",
+                )
+            },
+            put(settings::put),
+        )
+        .add(
+            Op {
+                paged: true,
+                data: users::schema(),
+                query: &[
+                    ("role", "string", "only this role"),
+                    ("active", "boolean", "only active or disabled users"),
+                    ("q", "string", "text in the login"),
+                ],
+                ..op(
+                    M::GET,
+                    "/users",
+                    "users",
+                    "Users (platform admins: all; chain admins: their chain's)",
+                )
+            },
+            get(users::list),
+        )
+        .add(
+            Op {
+                status: 201,
+                body: Some(users::body_schema(true)),
+                data: users::schema(),
+                ..op(
+                    M::POST,
+                    "/users",
+                    "users",
+                    "Create a user (chain admins: in their chain, never a platform admin)",
+                )
+            },
+            post(users::create),
+        )
+        .add(
+            Op {
+                data: users::schema(),
+                ..op(M::GET, "/users/{id}", "users", "One user")
+            },
+            get(users::get),
+        )
+        .add(
+            Op {
+                body: Some(users::body_schema(false)),
+                data: users::schema(),
+                ..op(
+                    M::PUT,
+                    "/users/{id}",
+                    "users",
+                    "Change a user's role, scope, password or active state (disabling ends its sessions)",
+                )
+            },
+            put(users::update),
+        )
+        .add(
+            Op {
+                data: users::schema(),
+                ..op(
+                    M::DELETE,
+                    "/users/{id}",
+                    "users",
+                    "Disable a user and end its sessions and tokens",
+                )
+            },
+            delete(users::disable),
+        )
+        .technician_routes()
 }
 
 async fn openapi_json(axum::extract::State(state): axum::extract::State<ApiState>) -> Json<Value> {

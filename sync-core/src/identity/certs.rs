@@ -169,6 +169,40 @@ pub fn device_cert_params(
     Ok(params)
 }
 
+/// Shortest technician credential, in hours.
+pub const TECHNICIAN_HOURS_MIN: u32 = 1;
+/// Longest technician credential, in hours (a week).
+pub const TECHNICIAN_HOURS_MAX: u32 = 168;
+/// Technician credential validity when none is asked for, in hours.
+pub const TECHNICIAN_HOURS_DEFAULT: u32 = 12;
+
+/// A technician's certificate for one branch: SAN `cartwise:chain/…/branch/…/technician/<id>`,
+/// CN = technician id, client authentication only, valid `hours` (clamped to
+/// [`TECHNICIAN_HOURS_MIN`]..=[`TECHNICIAN_HOURS_MAX`]) from `now_unix`. `identity.role` must be
+/// [`super::Role::Technician`]; `serial` must be unique per CA.
+pub fn technician_cert_params(
+    identity: &PeerIdentity,
+    serial: &[u8],
+    now_unix: i64,
+    hours: u32,
+) -> Result<CertificateParams, CertPemError> {
+    let hours = hours.clamp(TECHNICIAN_HOURS_MIN, TECHNICIAN_HOURS_MAX);
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, identity.device.to_string());
+    params.subject_alt_names = vec![SanType::URI(ia5(&identity.san())?)];
+    params.serial_number = Some(SerialNumber::from_slice(serial));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    // No backdating: the credential's window is exactly what was issued.
+    params.not_before = instant(now_unix)?;
+    params.not_after = instant(now_unix + i64::from(hours) * 3600)?;
+    Ok(params)
+}
+
 /// The contents of a device's certificate request. The hub ignores everything in it but the
 /// public key (and checks its signature): identity comes from the enrollment code or the
 /// current certificate, never from the request.

@@ -99,13 +99,13 @@ pub fn enroll_frame_len(header: [u8; ENROLL_FRAME_HEADER_LEN]) -> Result<usize, 
 }
 
 /// Decodes a frame's payload (without its header).
-pub fn decode_enroll_payload<'a, T: Deserialize<'a>>(
-    payload: &'a [u8],
+pub fn decode_enroll_payload<T: serde::de::DeserializeOwned>(
+    payload: &[u8],
 ) -> Result<T, EnrollWireError> {
     if payload.len() > ENROLL_FRAME_LEN_MAX {
         return Err(EnrollWireError::TooLong(payload.len()));
     }
-    Ok(rmp_serde::from_slice(payload)?)
+    Ok(crate::message::from_strict(payload)?)
 }
 
 /// What an admin hands a technician: `cartwise-enroll://HOST:PORT?code=CODE&ca=SHA256HEX`

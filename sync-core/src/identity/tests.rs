@@ -286,3 +286,48 @@ fn enrollment_messages_and_urls_round_trip() {
         assert!(bad.parse::<EnrollUrl>().is_err(), "{bad}");
     }
 }
+
+#[test]
+fn a_pi_admits_its_chains_technicians_at_the_handshake_whatever_their_branch_or_window() {
+    let (chain, branch, device) = ids(8);
+    let (_, other_branch, tech) = ids(9);
+    let (other_chain, _, _) = ids(10);
+    let ca = Ca::new(chain_ca_params(chain, now()).unwrap());
+    let other_ca = Ca::new(chain_ca_params(other_chain, now()).unwrap());
+    let me = ca.device(PeerIdentity::device(chain, branch, device), now());
+    let technician = |ca: &Ca, chain, branch, issued: i64| {
+        let identity = PeerIdentity {
+            role: Role::Technician,
+            chain,
+            branch,
+            device: tech,
+        };
+        let key = KeyPair::generate().unwrap();
+        let cert = technician_cert_params(&identity, &[4, 5, 6], issued, 1)
+            .unwrap()
+            .signed_by(&key, &ca.issuer)
+            .unwrap();
+        let mut client = me.clone();
+        client.identity = identity;
+        client.cert = cert.der().clone();
+        client.key = key_from_pem(&key.serialize_pem()).unwrap();
+        client
+    };
+    let server = || branch_peer_server_config(&me).unwrap();
+    // A laptop presenting `tech` that checks the Pi as a peer of the Pi's own branch.
+    let laptop = |tech: &DeviceCredentials| {
+        let mut presenting = tech.clone();
+        presenting.identity = me.identity;
+        presenting.chain_ca = ca.der();
+        branch_peer_client_config(&presenting).unwrap()
+    };
+    // Another branch and long expired: admitted here, refused by the application with why.
+    let expired = technician(&ca, chain, other_branch, now() - 10 * 86_400);
+    handshake(laptop(&expired), server()).unwrap();
+    // A technician certificate of another chain's CA is refused at the handshake.
+    let foreign = technician(&other_ca, chain, branch, now());
+    assert!(handshake(laptop(&foreign), server()).is_err());
+    // A device of another branch is still refused.
+    let other_device = ca.device(PeerIdentity::device(chain, other_branch, tech), now());
+    assert!(handshake(laptop(&other_device), server()).is_err());
+}

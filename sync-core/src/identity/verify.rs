@@ -197,6 +197,12 @@ impl ClientCertVerifier for HubClientVerifier {
 
 /// A Pi serving its branch: the client must chain to this chain's CA and be of this branch.
 /// Verification time is at least `floor` (see [`ClockFloorServerVerifier`]).
+///
+/// A technician's credential of this chain is admitted at the handshake whatever its branch
+/// and validity window: its signature is checked here (at a time inside its own window), and
+/// the application must then check it with `crate::technician::verify_credential` against
+/// the Pi's corrected clock, so an expired credential or one for another branch is refused with
+/// a message that says why, and the refusal is recorded.
 #[derive(Debug)]
 pub(super) struct BranchClientVerifier {
     pub(super) inner: Arc<dyn ClientCertVerifier>,
@@ -215,6 +221,13 @@ impl ClientCertVerifier for BranchClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        let peer = PeerIdentity::from_cert_der(end_entity).map_err(rejected)?;
+        if peer.role == super::Role::Technician && peer.chain == self.own.chain {
+            let inside = technician_check_time(end_entity)?;
+            return self
+                .inner
+                .verify_client_cert(end_entity, intermediates, inside);
+        }
         let verified =
             self.inner
                 .verify_client_cert(end_entity, intermediates, now.max(self.floor))?;
@@ -243,6 +256,19 @@ impl ClientCertVerifier for BranchClientVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// A time inside the certificate's own validity window (one second after it starts): the
+/// signature and purpose are checked at the handshake, the window by the application against
+/// the Pi's corrected clock.
+fn technician_check_time(cert: &CertificateDer<'_>) -> Result<UnixTime, rustls::Error> {
+    use x509_parser::prelude::FromDer;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref())
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let start = u64::try_from(parsed.validity().not_before.timestamp()).unwrap_or(0);
+    Ok(UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        start.saturating_add(1),
+    )))
 }
 
 fn check_same_branch(own: &PeerIdentity, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {

@@ -292,3 +292,176 @@ pub struct TelemetryAck {
     /// The monotonic time of its last event.
     pub last_mono_ms: MonoMillis,
 }
+
+/// Most bytes of a `Bundle` body's bundle (the bundle format's own limit, 16 MiB).
+pub const BUNDLE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Longest `BusReply.body_json`, in bytes.
+pub const BUS_REPLY_JSON_LEN_MAX: usize = 64 * 1024;
+/// Longest `BusRequest.command`, in bytes.
+pub const BUS_COMMAND_LEN_MAX: usize = 16;
+
+/// A signed bundle (`crate::bundle`), either direction of a technician session (minor 2,
+/// capability `technician`): the laptop hands a Pi the hub's intents bundle for its branch; the
+/// Pi hands the laptop its facts bundle. The bytes are verified by the receiver, never trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    /// The encoded bundle, at most [`BUNDLE_BYTES_MAX`].
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// The Pi's answer to a `Bundle` from the laptop: whether it was applied, and why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleResult {
+    /// The bundle's sequence number (0 when it could not be read).
+    pub seq: u64,
+    /// Whether anything was applied (`false` for a replay or a refusal).
+    pub applied: bool,
+    /// What happened, for the technician (a refusal says why and what to do).
+    pub message: String,
+}
+
+/// A lock-bus command, typed (the wire form is the flat [`BusRequest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusCommand {
+    /// Which boards answer.
+    Scan,
+    /// One board's locks and sensors.
+    Status {
+        /// The board address.
+        board: u8,
+    },
+    /// Opens one lock; only with `confirm: true` (the technician confirmed it).
+    Unlock {
+        /// The board address.
+        board: u8,
+        /// The lock on it.
+        lock: u8,
+        /// The technician confirmed the unlock.
+        confirm: bool,
+    },
+}
+
+/// A remote lock-bus command from a technician's laptop (minor 2, capability `technician`),
+/// answered by one `BusReply` with the same `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusRequest {
+    /// Chosen by the laptop; echoed in the reply.
+    pub id: u64,
+    /// `scan`, `status` or `unlock`.
+    pub command: String,
+    /// The board (`status`, `unlock`).
+    #[serde(default)]
+    pub board: Option<u8>,
+    /// The lock (`unlock`).
+    #[serde(default)]
+    pub lock: Option<u8>,
+    /// `unlock` only: the technician confirmed it.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+impl BusRequest {
+    /// The wire form of `command`.
+    pub fn new(id: u64, command: BusCommand) -> Self {
+        let (name, board, lock, confirm) = match command {
+            BusCommand::Scan => ("scan", None, None, false),
+            BusCommand::Status { board } => ("status", Some(board), None, false),
+            BusCommand::Unlock {
+                board,
+                lock,
+                confirm,
+            } => ("unlock", Some(board), Some(lock), confirm),
+        };
+        BusRequest {
+            id,
+            command: name.to_owned(),
+            board,
+            lock,
+            confirm,
+        }
+    }
+
+    /// The typed command, or what is missing.
+    pub fn command(&self) -> Result<BusCommand, String> {
+        let board = || {
+            self.board
+                .ok_or_else(|| format!("{} needs a board", self.command))
+        };
+        match self.command.as_str() {
+            "scan" => Ok(BusCommand::Scan),
+            "status" => Ok(BusCommand::Status { board: board()? }),
+            "unlock" => Ok(BusCommand::Unlock {
+                board: board()?,
+                lock: self.lock.ok_or_else(|| "unlock needs a lock".to_owned())?,
+                confirm: self.confirm,
+            }),
+            other => Err(format!("unknown bus command {other:?}")),
+        }
+    }
+}
+
+/// The answer to a `BusRequest`: on success the result as JSON text, else a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusReply {
+    /// The request's id.
+    pub id: u64,
+    /// Whether the command ran.
+    pub ok: bool,
+    /// The result (`ok`), JSON text of at most [`BUS_REPLY_JSON_LEN_MAX`] bytes.
+    #[serde(default)]
+    pub body_json: String,
+    /// Why it did not run (not `ok`), for the technician.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// A technician-session message handed to the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TechnicianMessage {
+    /// See [`Bundle`].
+    Bundle(Bundle),
+    /// See [`BundleResult`].
+    BundleResult(BundleResult),
+    /// See [`BusRequest`].
+    BusRequest(BusRequest),
+    /// See [`BusReply`].
+    BusReply(BusReply),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bus_requests_round_trip_their_command_and_name_what_is_missing() {
+        for command in [
+            BusCommand::Scan,
+            BusCommand::Status { board: 3 },
+            BusCommand::Unlock {
+                board: 1,
+                lock: 16,
+                confirm: false,
+            },
+        ] {
+            assert_eq!(BusRequest::new(9, command).command(), Ok(command));
+        }
+        let mut unlock = BusRequest::new(
+            1,
+            BusCommand::Unlock {
+                board: 0,
+                lock: 2,
+                confirm: true,
+            },
+        );
+        unlock.lock = None;
+        assert_eq!(unlock.command(), Err("unlock needs a lock".to_owned()));
+        unlock.command = "erase".into();
+        assert!(
+            unlock
+                .command()
+                .unwrap_err()
+                .contains("unknown bus command")
+        );
+    }
+}

@@ -3,9 +3,10 @@
 
 use super::Message;
 use super::body::{
-    CAPABILITIES_MAX, CAPABILITY_LEN_MAX, DOCS_PER_MESSAGE_MAX, HEADS_PER_DOC_MAX,
-    LEDGER_ACK_RENTALS_MAX, REASON_LEN_MAX, SIGNATURE_LEN_MAX, TELEMETRY_DATA_JSON_LEN_MAX,
-    TELEMETRY_EVENTS_MAX, TELEMETRY_KIND_LEN_MAX,
+    BUNDLE_BYTES_MAX, BUS_COMMAND_LEN_MAX, BUS_REPLY_JSON_LEN_MAX, CAPABILITIES_MAX,
+    CAPABILITY_LEN_MAX, DOCS_PER_MESSAGE_MAX, HEADS_PER_DOC_MAX, LEDGER_ACK_RENTALS_MAX,
+    REASON_LEN_MAX, SIGNATURE_LEN_MAX, TELEMETRY_DATA_JSON_LEN_MAX, TELEMETRY_EVENTS_MAX,
+    TELEMETRY_KIND_LEN_MAX,
 };
 
 /// A field longer than its limit.
@@ -57,6 +58,25 @@ pub(super) fn check(message: &Message) -> Result<(), LimitError> {
                 "signed_heads.signature",
                 signed.signature.len(),
                 SIGNATURE_LEN_MAX,
+            )
+        }
+        Message::Bundle(bundle) => at_most("bundle.bytes", bundle.bytes.len(), BUNDLE_BYTES_MAX),
+        Message::BundleResult(result) => at_most(
+            "bundle_result.message",
+            result.message.len(),
+            REASON_LEN_MAX,
+        ),
+        Message::BusRequest(request) => at_most(
+            "bus_request.command",
+            request.command.len(),
+            BUS_COMMAND_LEN_MAX,
+        ),
+        Message::BusReply(reply) => {
+            at_most("bus_reply.message", reply.message.len(), REASON_LEN_MAX)?;
+            at_most(
+                "bus_reply.body_json",
+                reply.body_json.len(),
+                BUS_REPLY_JSON_LEN_MAX,
             )
         }
         Message::LedgerAck(ack) => at_most(

@@ -7,7 +7,9 @@ use super::{
     ClockSample, CloseReason, Negotiated, Output, PIPELINED_MAX, PROTOCOL_MAJOR, Phase, Session,
     SessionError, SessionEvent, Side, capability,
 };
-use crate::message::{EXPERIMENTAL_TAGS, HeartbeatAck, Hello, Message, MessageKind, Role, Welcome};
+use crate::message::{
+    EXPERIMENTAL_TAGS, HeartbeatAck, Hello, Message, MessageKind, Role, TechnicianMessage, Welcome,
+};
 use crate::{error_code, refusal};
 
 impl Session {
@@ -151,6 +153,18 @@ impl Session {
             Message::LedgerAck(ack) if self.peer_role() == Some(Role::Hub) => {
                 SessionEvent::LedgerAck(ack)
             }
+            Message::Bundle(body) if self.has_capability(capability::TECHNICIAN) => {
+                SessionEvent::Technician(TechnicianMessage::Bundle(body))
+            }
+            Message::BundleResult(body) if self.has_capability(capability::TECHNICIAN) => {
+                SessionEvent::Technician(TechnicianMessage::BundleResult(body))
+            }
+            Message::BusRequest(body) if self.has_capability(capability::TECHNICIAN) => {
+                SessionEvent::Technician(TechnicianMessage::BusRequest(body))
+            }
+            Message::BusReply(body) if self.has_capability(capability::TECHNICIAN) => {
+                SessionEvent::Technician(TechnicianMessage::BusReply(body))
+            }
             Message::Unknown { kind, .. } => return self.on_unknown(kind),
             other => return self.unexpected(&other, "in this session"),
         };
@@ -268,6 +282,9 @@ impl Session {
             K::SyncIdle => Some(capability::SYNC_IDLE),
             K::Telemetry => Some(capability::TELEMETRY),
             K::TelemetryAck => Some(capability::TELEMETRY_ACK),
+            K::Bundle | K::BundleResult | K::BusRequest | K::BusReply => {
+                Some(capability::TECHNICIAN)
+            }
             _ => None,
         };
         match needed {

@@ -14,8 +14,9 @@ use crate::signed_heads::SignedHeads;
 /// talk.
 pub const PROTOCOL_MAJOR: u16 = 1;
 /// The highest minor version this implementation speaks. Minor 1 added `SyncIdle`
-/// (capability `sync-idle`).
-pub const PROTOCOL_MINOR: u16 = 1;
+/// (capability `sync-idle`); minor 2 the technician session's `Bundle`, `BundleResult`,
+/// `BusRequest` and `BusReply` (capability `technician`).
+pub const PROTOCOL_MINOR: u16 = 2;
 /// The QUIC ALPN of this major version.
 pub const ALPN: &[u8] = crate::identity::ALPN_SYNC;
 
@@ -50,6 +51,9 @@ pub mod capability {
     pub const TELEMETRY_ACK: &str = "telemetry-ack";
     /// The peer reads `SyncIdle` (idle sync messages by heads digest; minor 1).
     pub const SYNC_IDLE: &str = "sync-idle";
+    /// The peer speaks the technician session's messages (minor 2): a Pi and a technician's
+    /// laptop offer it to each other, nobody else does.
+    pub const TECHNICIAN: &str = "technician";
     /// Prefix of experimental capabilities, which allow experimental tags.
     pub const EXPERIMENTAL_PREFIX: &str = "x-";
 }
@@ -162,6 +166,8 @@ pub enum SessionEvent {
     Telemetry(Telemetry),
     /// The peer holds the oldest telemetry batch not yet acknowledged.
     TelemetryAck(TelemetryAck),
+    /// A technician-session message (capability `technician`).
+    Technician(crate::message::TechnicianMessage),
     /// A peer heartbeat (already answered): its clocks, for liveness records.
     Heartbeat(Heartbeat),
     /// The peer reported a non-fatal error.

@@ -149,6 +149,28 @@ pub fn v1_examples() -> Vec<(MessageKind, Message)> {
             last_boot: a.boot,
             last_mono_ms: a.mono,
         }),
+        Message::Bundle(cartwise_sync_core::message::Bundle {
+            bytes: b"CWBUNDLE\x01".to_vec(),
+        }),
+        Message::BundleResult(cartwise_sync_core::message::BundleResult {
+            seq: 7,
+            applied: true,
+            message: "applied 1 document".into(),
+        }),
+        Message::BusRequest(cartwise_sync_core::message::BusRequest::new(
+            3,
+            cartwise_sync_core::message::BusCommand::Unlock {
+                board: 0,
+                lock: 5,
+                confirm: true,
+            },
+        )),
+        Message::BusReply(cartwise_sync_core::message::BusReply {
+            id: 3,
+            ok: true,
+            body_json: r#"{"outcome":"opened"}"#.into(),
+            message: String::new(),
+        }),
     ];
     let examples: Vec<_> = examples
         .into_iter()
