@@ -3,6 +3,12 @@
 #
 #   scripts/fuzz.sh --bounded        each target for $CARTWISE_FUZZ_SECONDS (default 20) seconds
 #   scripts/fuzz.sh TARGET [SECONDS] one target, longer (default 600 s)
+#   scripts/fuzz.sh --target TARGET --seconds N   the same, with named flags
+#   scripts/fuzz.sh --all --seconds N             every target for N seconds each (a long run)
+#
+# Targets: cu16_decode, enroll_wire, peer_docs, shopper_token, sync_frame, sync_session (the
+# list is fuzz/fuzz_targets/*.rs). Every file under fuzz/regressions/TARGET/ is replayed on
+# stable by the test suite (tests/tests/fuzz_regressions.rs checks each target has a replay).
 #
 # cargo-fuzz needs a nightly toolchain. Where none is installed the bounded run says so and
 # exits 0: the committed corpus and every crasher under fuzz/regressions are replayed by the
@@ -37,7 +43,23 @@ run_one() { # run_one TARGET SECONDS
   fi
 }
 
-if [ "${1:-}" = "--bounded" ]; then
+if [ "${1:-}" = "--target" ] || [ "${1:-}" = "--all" ]; then
+  target="" seconds=600
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --target) target=$2; shift 2 ;;
+      --all) target=ALL; shift ;;
+      --seconds) seconds=$2; shift 2 ;;
+      *) echo "usage: scripts/fuzz.sh --target TARGET --seconds N | --all --seconds N" >&2; exit 2 ;;
+    esac
+  done
+  if [ "$target" = ALL ]; then
+    for file in fuzz/fuzz_targets/*.rs; do run_one "$(basename "$file" .rs)" "$seconds"; done
+  else
+    [ -f "fuzz/fuzz_targets/$target.rs" ] || { echo "no fuzz target $target (see fuzz/fuzz_targets/)" >&2; exit 2; }
+    run_one "$target" "$seconds"
+  fi
+elif [ "${1:-}" = "--bounded" ]; then
   seconds=${CARTWISE_FUZZ_SECONDS:-20}
   for file in fuzz/fuzz_targets/*.rs; do run_one "$(basename "$file" .rs)" "$seconds"; done
 else

@@ -53,7 +53,8 @@ pub mod close_code {
     pub const NO_CERTIFICATE: u32 = 0x105;
     /// The hub failed (database down); retry later.
     pub const INTERNAL: u32 = 0x106;
-    /// The peer broke the enrollment or renewal exchange (bad frame, timeout).
+    /// The peer broke the protocol: the enrollment or renewal exchange (bad frame, timeout),
+    /// or a sync session (the reason names the error).
     pub const PROTOCOL: u32 = 0x107;
     /// The hub is shutting down.
     pub const SHUTDOWN: u32 = 0x108;

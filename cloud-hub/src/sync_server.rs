@@ -175,6 +175,9 @@ impl SyncServer {
                     Ok(Some(n)) => {
                         if let Err(error) = session.handle_bytes(self.clock.read(), &buf[..n]) {
                             tracing::info!(device = %peer.device, %error, "session ended by protocol error");
+                            let reason: String =
+                                format!("protocol error: {error}").chars().take(200).collect();
+                            conn.close(crate::quic::close_code::PROTOCOL.into(), reason.as_bytes());
                             break;
                         }
                     }

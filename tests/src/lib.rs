@@ -279,3 +279,39 @@ pub fn trust_any_server_client(who: &EdgeIdentity) -> quinn::ClientConfig {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     quinn::ClientConfig::new(Arc::new(crypto))
 }
+
+/// A binary of the workspace, next to the running test's own directory (`target/<profile>/`).
+/// Cargo builds it when the whole workspace's tests are built; a narrower run needs it built
+/// first, which the panic message says how to do.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is not built; build it first: cargo build --locked --bin {name}",
+        bin.display()
+    );
+    bin
+}
+
+/// [`enroll_device`] dialing the hub at `dial` (e.g. a fault proxy in front of it): the
+/// enrolled identity then names `dial` as its hub, so every later session goes that way.
+pub async fn enroll_device_via(
+    pool: &PgPool,
+    hub: &Hub,
+    dial: SocketAddr,
+    branch_code: &str,
+    name: &str,
+    dir: &Path,
+) -> EdgeIdentity {
+    let new = enroll::add_device(pool, branch_code, name, enroll::CODE_TTL_DEFAULT)
+        .await
+        .unwrap();
+    let ca = parse_sha256_fingerprint(&hub.handle.platform_ca_sha256).unwrap();
+    let endpoint = identity::client_endpoint().unwrap();
+    identity::enroll_exchange(&endpoint, &dial.to_string(), &new.code.grouped(), ca, dir)
+        .await
+        .unwrap()
+}
