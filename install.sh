@@ -2,6 +2,7 @@
 # CartWise set-up and entry points. Idempotent: every step checks before it acts.
 #
 #   ./install.sh demo    install what is missing, build, start Postgres, migrate, seed, run the system
+#   ./install.sh demo offline|online BRANCH_CODE   cut a branch of the running demo off the hub, or heal it
 #   ./install.sh test    the same set-up, then the whole test suite (what CI runs)
 #   ./install.sh deps    only install missing system packages and cargo tools
 #   ./install.sh pg start|stop|url|status   the project-local Postgres cluster
@@ -101,6 +102,8 @@ cmd_test() {
 }
 
 cmd_demo() {
+  # `demo offline|online BRANCH_CODE` talks to the running demo; nothing to set up.
+  case "${1:-}" in offline|online) exec scripts/demo.sh "$@" ;; esac
   deps_system
   scripts/pg.sh status 2>/dev/null || export CARTWISE_DEMO_STOP_PG=1
   start_pg
@@ -116,5 +119,5 @@ case "${1:-}" in
   pg) shift; exec scripts/pg.sh "$@" ;;
   edge) shift; exec scripts/install-edge.sh "$@" ;;
   hub) shift; exec scripts/install-hub.sh "$@" ;;
-  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

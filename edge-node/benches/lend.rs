@@ -68,7 +68,7 @@ const STX: u8 = 0x02;
 const STATUS_COMMAND: u8 = 0x30;
 const UNLOCK_COMMAND: u8 = 0x31;
 const STATUS_ALL_COMMAND: u8 = 0x32;
-/// Targets from the issue.
+/// The performance targets.
 const LEND_P99_OVER_RAW_MAX: f64 = 2.0;
 const RSS_MB_MAX: f64 = 30.0;
 

@@ -47,7 +47,7 @@ const BRANCH: &str = "0b1e3c2a-0000-4000-8000-000000000101";
 const CHAIN: &str = "0b1e3c2a-0000-4000-8000-000000000001";
 const BOOT: &str = "0b1e3c2a-0000-4000-8000-0000000b0071";
 
-/// Targets from the issue.
+/// The performance targets.
 const CONVERGE_MS_MAX: f64 = 250.0;
 const ROUND_TRIPS_MAX: f64 = 3.0;
 const BYTES_PER_RENTAL_MAX: f64 = 300.0;

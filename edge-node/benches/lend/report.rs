@@ -1,4 +1,4 @@
-//! The lend benchmark's report: percentiles, the human table with the targets, the
+//! The lend benchmark's report: percentiles, the human table with the targets, the
 //! `--json` document, and what machine it ran on.
 
 use std::path::Path;
