@@ -69,18 +69,22 @@ async fn metrics() -> Response {
     response
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then drains in-flight requests.
+/// The hub's HTTP connection limits: room for every dashboard's live stream (at most 256) and
+/// many API clients; a client gets 10 s to send a request's headers.
+pub const HTTP_LIMITS: cartwise_http_serve::Limits = cartwise_http_serve::Limits {
+    connections_max: 1024,
+    header_read_timeout: Duration::from_secs(10),
+    drain_timeout: Duration::from_secs(10),
+};
+
+/// Serves `router` on `listener` within [`HTTP_LIMITS`] until `shutdown` completes, then
+/// drains in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    cartwise_http_serve::serve(listener, router(state), HTTP_LIMITS, shutdown).await
 }
 
 async fn health(State(state): State<AppState>) -> Response {

@@ -1,4 +1,4 @@
-//! Lend-latency benchmark (issue 4, item 11): lend latency from request to unlock frame
+//! Lend-latency benchmark: lend latency from request to unlock frame
 //! written, beside a raw durable SQLite insert on the same disk in the same run, and the
 //! steady-state RSS of a real `cartwise-edge run` process.
 //!

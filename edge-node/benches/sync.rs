@@ -1,4 +1,4 @@
-//! Sync and bounded live state (issue 5): the edge's real live-document writer (`live.rs`,
+//! Sync and bounded live state: the edge's real live-document writer (`live.rs`,
 //! with rotation) against a hub-side copy, over in-memory `cartwise_sync_core::Session`s.
 //!
 //! `cargo bench -p cartwise-edge-node --bench sync -- [--quick] [--json FILE]`

@@ -30,6 +30,13 @@ pub const BUS_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How often reservations lapse, the boot's progress is recorded and `unlocking` rentals are
 /// reconciled.
 pub const TICK: Duration = Duration::from_secs(5);
+/// The kiosk's HTTP connection limits: a branch has a few kiosk screens and a technician; a
+/// client gets 10 s to send a request's headers.
+pub const KIOSK_HTTP_LIMITS: cartwise_http_serve::Limits = cartwise_http_serve::Limits {
+    connections_max: 256,
+    header_read_timeout: Duration::from_secs(10),
+    drain_timeout: Duration::from_secs(5),
+};
 
 /// A running edge node.
 pub struct RunningEdge {
@@ -135,14 +142,13 @@ pub async fn spawn(
         shutdown.await;
         let _ = stop.send(true);
     });
-    let app = kiosk::router(kiosk).into_make_service_with_connect_info::<SocketAddr>();
+    let app = kiosk::router(kiosk);
     let mut http_stop = stopped.clone();
     tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await;
+        let stop = async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        };
+        let served = cartwise_http_serve::serve(listener, app, KIOSK_HTTP_LIMITS, stop).await;
         if let Err(error) = served {
             tracing::error!(%error, "kiosk server stopped");
         }

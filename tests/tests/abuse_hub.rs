@@ -109,6 +109,17 @@ async fn slow_loris_on_the_hub_leaves_others_served(pool: PgPool) {
         read.is_err() || matches!(read, Ok(Ok(0)) | Ok(Err(_))),
         "{read:?}"
     );
+    // One that keeps dripping is closed once the header read timeout has passed.
+    let limit = cartwise_cloud_hub::http::HTTP_LIMITS.header_read_timeout + Duration::from_secs(10);
+    let closed = tokio::time::timeout(limit, async {
+        let mut rest = Vec::new();
+        stalled[1].read_to_end(&mut rest).await
+    })
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(_)) | Ok(Err(_))),
+        "a connection still sending its headers after {limit:?} was kept open"
+    );
     drop(stalled);
     healthy(&client, addr).await;
 }

@@ -111,12 +111,25 @@ async fn broken_and_stalled_sessions_end_and_other_devices_still_sync(pool: PgPo
         let Some(end) = send_and_wait_end(&hub, &abuser, bytes).await else {
             panic!("the hub did not end a session sent {what} within {END_MAX:?}");
         };
-        // The connection is closed, not left open. (The hub sends no reason today: see
-        // RELIABILITY.md, "Open findings".)
+        // The connection is closed, not left open; a broken frame says why.
         assert!(
             end.closed.is_some(),
             "{what}: the connection stayed open: {end:?}"
         );
+        if !what.starts_with("half a frame header") {
+            let Some(quinn::ConnectionError::ApplicationClosed(close)) = &end.closed else {
+                panic!("{what}: the hub did not close with a reason: {end:?}");
+            };
+            assert_eq!(
+                close.error_code,
+                cartwise_cloud_hub::quic::close_code::PROTOCOL.into(),
+                "{what}: {end:?}"
+            );
+            assert!(
+                close.reason.starts_with(b"protocol error: "),
+                "{what}: {end:?}"
+            );
+        }
         assert!(
             end.messages.iter().all(|m| matches!(m, Message::Hello(_))),
             "{what}: the hub answered a broken session with more than its Hello: {end:?}"
