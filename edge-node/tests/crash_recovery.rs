@@ -21,6 +21,11 @@
 
 mod support_proc;
 
+/// The binary under test.
+fn edge_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_cartwise-edge"))
+}
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -444,7 +449,7 @@ async fn sigkill_during_lends_and_returns_loses_nothing() {
     let files = EdgeFiles::under(scratch.path());
     let sim =
         Arc::new(SimProc::start(2, Some(AUTO_TAKE_MS), &scratch.path().join("sim.log")).await);
-    let mut edge = EdgeProc::start(&files, &sim.bus, BOARDS).await;
+    let mut edge = EdgeProc::start(&files, None, &sim.bus, BOARDS).await;
     settle(&edge, &sim, &files, true).await;
 
     let mut numbers = 0u32;
@@ -488,7 +493,7 @@ async fn sigkill_during_lends_and_returns_loses_nothing() {
         }
 
         let restarted = Instant::now();
-        edge = EdgeProc::start(&files, &sim.bus, BOARDS).await;
+        edge = EdgeProc::start(&files, None, &sim.bus, BOARDS).await;
         // The last restart waits for every rental to settle; earlier ones check what is due.
         let settled = settle(&edge, &sim, &files, cycle == runs).await;
         let unlocking = settled
@@ -722,7 +727,7 @@ async fn restart_reconciles_rentals_left_unlocking_with_the_boards() {
     let scratch = Scratch::new("cartwise-reconcile-");
     let files = EdgeFiles::under(scratch.path());
     let sim = SimProc::start(2, None, &scratch.path().join("sim.log")).await;
-    let mut edge = EdgeProc::start(&files, &sim.bus, BOARDS).await;
+    let mut edge = EdgeProc::start(&files, None, &sim.bus, BOARDS).await;
     settle(&edge, &sim, &files, true).await;
     // One real lend and return, so the store holds events and a boot like a used one.
     let token = sign_in(&edge.api, &files.outbox, "0531000009").await;
@@ -768,7 +773,7 @@ async fn restart_reconciles_rentals_left_unlocking_with_the_boards() {
             .collect()
     };
 
-    let edge = EdgeProc::start(&files, &sim.bus, BOARDS).await;
+    let edge = EdgeProc::start(&files, None, &sim.bus, BOARDS).await;
     let settled = settle(&edge, &sim, &files, true).await;
     let (status, history) = edge.api.get("/rentals/history?limit=500").await.unwrap();
     assert_eq!(status, 200, "{history}");

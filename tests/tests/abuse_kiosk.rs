@@ -5,8 +5,13 @@
 //! after each attack.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly by design
 
-#[path = "faults_common/mod.rs"]
+#[path = "../../edge-node/tests/support_proc/mod.rs"]
 mod faults_common;
+
+/// The edge binary under test, built beside this test.
+fn edge_bin() -> std::path::PathBuf {
+    cartwise_tests::workspace_bin("cartwise-edge")
+}
 
 use std::time::Duration;
 
@@ -21,7 +26,7 @@ async fn station(prefix: &str) -> (Scratch, EdgeFiles, SimProc, EdgeProc) {
     let sim = SimProc::start(1, Some(100), &scratch.path().join("sim.log")).await;
     let config = scratch.path().join("edge.toml");
     std::fs::write(&config, "").unwrap();
-    let edge = EdgeProc::start(&files, &config, &sim.bus, "0").await;
+    let edge = EdgeProc::start(&files, Some(&config), &sim.bus, "0").await;
     edge.wait_bus().await;
     (scratch, files, sim, edge)
 }

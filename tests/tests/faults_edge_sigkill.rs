@@ -12,7 +12,13 @@
 //! it). `CARTWISE_KEEP_TEST_DATA=1` keeps the data and logs.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly by design
 
+#[path = "../../edge-node/tests/support_proc/mod.rs"]
 mod faults_common;
+
+/// The edge binary under test, built beside this test.
+fn edge_bin() -> std::path::PathBuf {
+    cartwise_tests::workspace_bin("cartwise-edge")
+}
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -464,7 +470,7 @@ async fn kills_lose_nothing(pool: PgPool, salt: u64) {
 
     let sim =
         Arc::new(SimProc::start(1, Some(AUTO_TAKE_MS), &scratch.path().join("sim.log")).await);
-    let mut edge = EdgeProc::start(&files, &config, &sim.bus, BOARDS).await;
+    let mut edge = EdgeProc::start(&files, Some(&config), &sim.bus, BOARDS).await;
     settle(&edge, &sim, &files, true).await;
 
     let mut numbers = u32::try_from(salt % 1000).unwrap() * 100;
@@ -508,7 +514,7 @@ async fn kills_lose_nothing(pool: PgPool, salt: u64) {
             shoppers.push(shopper);
         }
 
-        edge = EdgeProc::start(&files, &config, &sim.bus, BOARDS).await;
+        edge = EdgeProc::start(&files, Some(&config), &sim.bus, BOARDS).await;
         // The last restart waits for every rental to settle; earlier ones check what is due.
         let now = settle(&edge, &sim, &files, cycle == runs).await;
         let mut found = violations(&record.lock().unwrap(), &now);

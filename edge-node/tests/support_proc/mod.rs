@@ -1,7 +1,8 @@
-//! Real-process helpers for edge-node's fault tests: the `cartwise-edge sim-board` and
-//! `cartwise-edge run` binaries as child processes (killed on drop), a small JSON client for
-//! the kiosk and the simulator's control API, shopper sign-in through the SMS outbox, and
-//! read-only views of the edge's SQLite store.
+//! Real-process helpers for the fault tests (edge-node's, and the workspace's through
+//! `#[path]`): the `cartwise-edge sim-board` and `cartwise-edge run` binaries as child
+//! processes (killed on drop), a small JSON client for the kiosk and the simulator's control
+//! API, shopper sign-in through the SMS outbox, and read-only views of the edge's SQLite store.
+//! The including test crate says where the binary is: a `fn edge_bin() -> PathBuf` at its root.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -13,8 +14,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
-/// The binary under test.
-pub const EDGE: &str = env!("CARGO_BIN_EXE_cartwise-edge");
+use crate::edge_bin;
 /// Upper bound on any single wait: a hang fails the test instead of stalling the suite.
 pub const WAIT_MAX: Duration = Duration::from_secs(20);
 /// Per-request timeout of the HTTP client.
@@ -127,7 +127,7 @@ pub struct SimProc {
 
 impl SimProc {
     pub async fn start(boards: u8, auto_take_ms: Option<u64>, log: &Path) -> Self {
-        let mut command = Command::new(EDGE);
+        let mut command = Command::new(edge_bin());
         command
             .args(["sim-board", "--boards", &boards.to_string()])
             .args(["--listen", "tcp:127.0.0.1:0", "--control", "127.0.0.1:0"]);
@@ -193,7 +193,7 @@ impl SimProc {
     /// Unlocks a post over the bus with the technician CLI (as a technician on site would).
     pub async fn cli_unlock(&self, post: u16) {
         let (board, lock) = board_lock(post);
-        let output = Command::new(EDGE)
+        let output = Command::new(edge_bin())
             .args(["bus", "--bus", &self.bus, "--timeout-ms", "500", "unlock"])
             .args(["--board", &board.to_string(), "--lock", &lock.to_string()])
             .arg("--yes")
@@ -243,10 +243,15 @@ impl EdgeFiles {
 }
 
 impl EdgeProc {
-    /// Starts the edge on port 0 and waits for the address it prints.
-    pub async fn start(files: &EdgeFiles, bus: &str, boards: &str) -> Self {
-        let mut child = Command::new(EDGE)
-            .arg("run")
+    /// Starts the edge on port 0 (with the config file `config`, if any) and waits for the
+    /// address it prints.
+    pub async fn start(files: &EdgeFiles, config: Option<&Path>, bus: &str, boards: &str) -> Self {
+        let mut command = Command::new(edge_bin());
+        command.arg("run");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
             .arg("--data")
             .arg(&files.data)
             .args(["--http", "127.0.0.1:0", "--bus", bus, "--boards", boards])
