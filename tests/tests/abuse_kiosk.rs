@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly by design
 
 #[path = "../../edge-node/tests/support_proc/mod.rs"]
-mod faults_common;
+mod support_proc;
 
 /// The edge binary under test, built beside this test.
 fn edge_bin() -> std::path::PathBuf {
@@ -15,8 +15,8 @@ fn edge_bin() -> std::path::PathBuf {
 
 use std::time::Duration;
 
-use faults_common::{EdgeFiles, EdgeProc, Scratch, SimProc, e164};
 use serde_json::{Value, json};
+use support_proc::{EdgeFiles, EdgeProc, Scratch, SimProc, e164};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
