@@ -212,6 +212,41 @@ impl Station {
         .await;
     }
 
+    /// Lends a cart to `phone` at this edge, waits for it to leave, docks it back at the post
+    /// the kiosk names, and waits for the return: one whole rental, acknowledged both ways.
+    pub async fn lend_and_return(&self, phone: &str) -> cartwise_schema::RentalId {
+        use cartwise_edge_node::cu16::Lock;
+        use cartwise_edge_node::engine::ReturnState;
+        let engine = self.engine();
+        let shopper = cartwise_schema::Phone::parse(phone).unwrap();
+        let lent = engine.lend(&shopper).await.unwrap();
+        self.wait_taken(lent.post.post).await;
+        let slot = engine.initiate_return(&shopper).await.unwrap();
+        let (_, _, lock) = *engine
+            .config()
+            .layout
+            .posts()
+            .iter()
+            .find(|(post, _, _)| *post == slot.post)
+            .unwrap();
+        let lock = Lock::new(lock.get()).unwrap();
+        self.sim
+            .sim()
+            .with_bus(|bus, now| bus.dock(now, 0, lock))
+            .unwrap();
+        eventually("the return", || {
+            let (engine, shopper) = (engine.clone(), shopper.clone());
+            async move {
+                matches!(
+                    engine.return_state(&shopper).await,
+                    Ok(ReturnState::Returned { .. })
+                )
+            }
+        })
+        .await;
+        lent.rental.id
+    }
+
     /// Stops the edge cleanly.
     pub async fn stop(mut self) {
         if let (Some(stop), Some(edge)) = (self.edge_stop.take(), self.edge.take()) {

@@ -15,11 +15,9 @@ use cartwise_cloud_hub::http::{self, AppState};
 use cartwise_cloud_hub::intents::{self, Actor, ActorKind, IntentRequest};
 use cartwise_cloud_hub::users::{self, NewUser, Role as UserRole};
 use cartwise_edge_node::bundle_cli::{self, BundleArgs, BundleCommand, Reach};
-use cartwise_edge_node::cu16::Lock;
-use cartwise_edge_node::engine::ReturnState;
 use cartwise_edge_node::tech::carry::Carry;
 use cartwise_edge_node::tech::hub_cli::{self, BundleAction, CredentialAction, Home, HubCommand};
-use cartwise_schema::{BranchId, Phone};
+use cartwise_schema::BranchId;
 use cartwise_sync_core::bundle::decode_bundle;
 use cartwise_sync_core::intents::IntentKind;
 use cartwise_tests::{Station, enroll_device, eventually, seed_world, start_hub};
@@ -120,34 +118,7 @@ async fn bundles_on_a_usb_stick_carry_facts_up_and_intents_down(pool: PgPool) {
     let lan = station.edge.as_ref().unwrap().lan.unwrap();
 
     // A lend and a return while the hub is unreachable.
-    let shopper = Phone::parse("0521234567").unwrap();
-    let lent = engine.lend(&shopper).await.unwrap();
-    station.wait_taken(lent.post.post).await;
-    let slot = engine.initiate_return(&shopper).await.unwrap();
-    let (_, _, lock) = *engine
-        .config()
-        .layout
-        .posts()
-        .iter()
-        .find(|(post, _, _)| *post == slot.post)
-        .unwrap();
-    let lock = Lock::new(lock.get()).unwrap();
-    station
-        .sim
-        .sim()
-        .with_bus(|bus, now| bus.dock(now, 0, lock))
-        .unwrap();
-    eventually("the return", || {
-        let (engine, shopper) = (engine.clone(), shopper.clone());
-        async move {
-            matches!(
-                engine.return_state(&shopper).await,
-                Ok(ReturnState::Returned { .. })
-            )
-        }
-    })
-    .await;
-    let rental = lent.rental.id;
+    let rental = station.lend_and_return("0521234567").await;
 
     // The technician signs in while online (real HTTP), for this branch.
     users::add_user(

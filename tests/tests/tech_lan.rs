@@ -14,7 +14,7 @@ use cartwise_cloud_hub::intents::{self, Actor, ActorKind, IntentRequest, IntentS
 use cartwise_cloud_hub::technicians::{self, IssuedCredential, Pusher};
 use cartwise_cloud_hub::users::{self, NewUser, Role as UserRole};
 use cartwise_edge_node::cu16::Lock;
-use cartwise_edge_node::engine::{Engine, RentalFilter, ReturnState};
+use cartwise_edge_node::engine::{Engine, RentalFilter};
 use cartwise_edge_node::identity::{self, EdgeIdentity};
 use cartwise_edge_node::tech::carry::{Carry, Credential, CredentialBranch, CredentialDevice};
 use cartwise_edge_node::tech::lan_cli::{self, RemoteBusAction};
@@ -140,38 +140,6 @@ async fn live_log(engine: &Engine) -> Vec<TechnicianLogEntry> {
     read_device_doc(&doc).technician_log
 }
 
-async fn lend_and_return(station: &Station, phone: &str) -> cartwise_schema::RentalId {
-    let engine = station.engine();
-    let shopper = Phone::parse(phone).unwrap();
-    let lent = engine.lend(&shopper).await.unwrap();
-    station.wait_taken(lent.post.post).await;
-    let slot = engine.initiate_return(&shopper).await.unwrap();
-    let (_, _, lock) = *engine
-        .config()
-        .layout
-        .posts()
-        .iter()
-        .find(|(post, _, _)| *post == slot.post)
-        .unwrap();
-    let lock = Lock::new(lock.get()).unwrap();
-    station
-        .sim
-        .sim()
-        .with_bus(|bus, now| bus.dock(now, 0, lock))
-        .unwrap();
-    eventually("the return", || {
-        let (engine, shopper) = (engine.clone(), shopper.clone());
-        async move {
-            matches!(
-                engine.return_state(&shopper).await,
-                Ok(ReturnState::Returned { .. })
-            )
-        }
-    })
-    .await;
-    lent.rental.id
-}
-
 async fn rental_rows(pool: &PgPool, id: Uuid) -> (i64, Option<String>) {
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM rentals WHERE id = $1")
         .bind(id)
@@ -210,7 +178,7 @@ async fn the_technician_carries_facts_to_the_hub_and_intents_back(pool: PgPool) 
     let address = lan_addr(&station);
 
     // Lends and returns happen with the hub unreachable; one cart stays out.
-    let returned = lend_and_return(&station, "0521234567").await;
+    let returned = station.lend_and_return("0521234567").await;
     let out = engine
         .lend(&Phone::parse("0547654321").unwrap())
         .await
@@ -728,7 +696,7 @@ async fn the_same_by_bundle_files_with_tampered_and_foreign_bundles_refused(pool
     .await;
     let engine = station.engine();
     let address = lan_addr(&station);
-    let returned = lend_and_return(&station, "0521234567").await;
+    let returned = station.lend_and_return("0521234567").await;
     let home = tempfile::tempdir().unwrap();
     let ra = branch_id(&pool, "ST-RA").await;
     let (_carry, issued, _) = technician(&pool, "tech-ra", vec![ra], home.path()).await;
