@@ -1,10 +1,11 @@
-//! The simulation's CI run: seeds 0..600 in twelve parts (so nextest spreads them over the
-//! cores), every invariant holding on every one. `cartwise-sim --seeds N --start S` runs more.
+//! The simulation's CI run: seeds 0..10,000 in forty parts of 250 (so nextest spreads them
+//! over the cores and no part nears the slow-test period), every invariant holding on every
+//! one. `cartwise-sim --seeds N --start S` runs more; `cartwise-sim --seed S` replays one.
 
 use cartwise_sim::{Options, run_seed};
 
 /// Seeds per test function.
-const PART: u64 = 50;
+const PART: u64 = 250;
 
 fn run_part(part: u64) {
     let opts = Options::default();
@@ -26,62 +27,27 @@ fn run_part(part: u64) {
     );
 }
 
-#[test]
-fn seeds_part_0() {
-    run_part(0);
+/// One test function per part, named after it.
+macro_rules! parts {
+    ($($name:ident = $part:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                run_part($part);
+            }
+        )*
+    };
 }
 
-#[test]
-fn seeds_part_1() {
-    run_part(1);
-}
-
-#[test]
-fn seeds_part_2() {
-    run_part(2);
-}
-
-#[test]
-fn seeds_part_3() {
-    run_part(3);
-}
-
-#[test]
-fn seeds_part_4() {
-    run_part(4);
-}
-
-#[test]
-fn seeds_part_5() {
-    run_part(5);
-}
-
-#[test]
-fn seeds_part_6() {
-    run_part(6);
-}
-
-#[test]
-fn seeds_part_7() {
-    run_part(7);
-}
-
-#[test]
-fn seeds_part_8() {
-    run_part(8);
-}
-
-#[test]
-fn seeds_part_9() {
-    run_part(9);
-}
-
-#[test]
-fn seeds_part_10() {
-    run_part(10);
-}
-
-#[test]
-fn seeds_part_11() {
-    run_part(11);
+parts! {
+    seeds_part_0 = 0, seeds_part_1 = 1, seeds_part_2 = 2, seeds_part_3 = 3,
+    seeds_part_4 = 4, seeds_part_5 = 5, seeds_part_6 = 6, seeds_part_7 = 7,
+    seeds_part_8 = 8, seeds_part_9 = 9, seeds_part_10 = 10, seeds_part_11 = 11,
+    seeds_part_12 = 12, seeds_part_13 = 13, seeds_part_14 = 14, seeds_part_15 = 15,
+    seeds_part_16 = 16, seeds_part_17 = 17, seeds_part_18 = 18, seeds_part_19 = 19,
+    seeds_part_20 = 20, seeds_part_21 = 21, seeds_part_22 = 22, seeds_part_23 = 23,
+    seeds_part_24 = 24, seeds_part_25 = 25, seeds_part_26 = 26, seeds_part_27 = 27,
+    seeds_part_28 = 28, seeds_part_29 = 29, seeds_part_30 = 30, seeds_part_31 = 31,
+    seeds_part_32 = 32, seeds_part_33 = 33, seeds_part_34 = 34, seeds_part_35 = 35,
+    seeds_part_36 = 36, seeds_part_37 = 37, seeds_part_38 = 38, seeds_part_39 = 39,
 }
