@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use cartwise_schema::{AnomalyKind, BranchId, DeviceId, RentalId};
+use cartwise_schema::{AnomalyKind, BranchId, DeviceId, RentalId, RentalStatus};
 use cartwise_sync_core::facts::DeviceFacts;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -417,7 +417,10 @@ async fn project_rentals(
 }
 
 /// Marks the recorded returns of rentals whose origin's own document, in this batch, shows
-/// them closed (`rental_returns.folded`): the returning device may then forget them.
+/// them closed (`rental_returns.folded`): the returning device may then forget them. Where
+/// the origin closed the rental otherwise than by folding that return (its own dock, or a
+/// status that is no return), the two conflict; the origin will never see the forgotten
+/// return, so the hub records the `conflicting_return` for the returning device.
 async fn mark_folded(
     conn: &mut PgConnection,
     scopes: &[Scope<'_>],
@@ -425,23 +428,60 @@ async fn mark_folded(
 ) -> Result<(), sqlx::Error> {
     let mut device = Vec::new();
     let mut rental = Vec::new();
+    let mut otherwise = Vec::new();
     for (scope, delta) in scopes.iter().zip(deltas) {
         for r in delta.iter().flat_map(|d| d.rentals.iter()) {
             if !r.status.is_open() {
                 device.push(scope.device);
                 rental.push(*r.id.as_uuid());
+                otherwise.push(
+                    r.return_post.is_some()
+                        || !matches!(
+                            r.status,
+                            RentalStatus::Returned | RentalStatus::ReturnedLate
+                        ),
+                );
             }
         }
     }
-    if !rental.is_empty() {
-        sqlx::query(
-            "UPDATE rental_returns x SET folded = true
-             FROM UNNEST($1::uuid[], $2::uuid[]) AS t(device, rental)
-             WHERE x.rental_id = t.rental AND x.origin_device_id = t.device AND NOT x.folded",
+    if rental.is_empty() {
+        return Ok(());
+    }
+    // (origin closed otherwise, rental, returning device, branch, end, return post)
+    type Folded = (bool, Uuid, Uuid, Uuid, DateTime<Utc>, Option<i32>);
+    let folded: Vec<Folded> = sqlx::query_as(
+        "UPDATE rental_returns x SET folded = true
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::bool[]) AS t(device, rental, otherwise)
+         WHERE x.rental_id = t.rental AND x.origin_device_id = t.device AND NOT x.folded
+         RETURNING t.otherwise, x.rental_id, x.device_id, x.branch_id, x.end_at,
+                   (SELECT c.cart_number FROM carts c WHERE c.id = x.return_cart_id)",
+    )
+    .bind(&device)
+    .bind(&rental)
+    .bind(&otherwise)
+    .fetch_all(&mut *conn)
+    .await?;
+    let none = BTreeSet::new();
+    for (_, rental, device, branch, end, post) in folded.into_iter().filter(|f| f.0) {
+        let scope = Scope {
+            branch,
+            device,
+            known: &none,
+        };
+        let detail = format!(
+            "rental {rental} was closed at its origin otherwise; this return at post {} was not applied",
+            post.map_or_else(|| "?".to_owned(), |p| p.to_string())
+        );
+        insert_anomaly(
+            conn,
+            &scope,
+            &format!("return/{rental}"),
+            AnomalyKind::ConflictingReturn.as_str(),
+            post,
+            Some(rental),
+            &detail,
+            end,
         )
-        .bind(&device)
-        .bind(&rental)
-        .execute(&mut *conn)
         .await?;
     }
     Ok(())
@@ -645,17 +685,40 @@ async fn project_returns(
         .await?
         .rows_affected();
         if inserted == 1 {
-            // Recorded first while the origin's own document already closed the rental: that
-            // document has folded it (or closed it otherwise), and the row is closed.
-            sqlx::query(
+            // Recorded first while the origin's own document already closed the rental: the
+            // returning device may forget it. If the origin closed it with its own dock (a
+            // return post of its own), the two docks conflict; the origin will never see this
+            // return once it is forgotten, so the hub records the conflict here.
+            let closed: Option<(String, bool)> = sqlx::query_as(
                 "UPDATE rental_returns x SET folded = true FROM rentals r
                  WHERE x.rental_id = $1 AND r.id = x.rental_id
                    AND r.device_id = x.origin_device_id
-                   AND r.status NOT IN ('unlocking', 'active')",
+                   AND r.status NOT IN ('unlocking', 'active')
+                 RETURNING r.status, r.return_cart_id IS NOT NULL",
             )
             .bind(rental)
-            .execute(&mut *conn)
+            .fetch_optional(&mut *conn)
             .await?;
+            if let Some((status, true)) = closed {
+                let detail = format!(
+                    "rental {} was already {status} at its origin's own post; this return at post {} was not applied",
+                    ret.rental, ret.post
+                );
+                let key = format!("return/{}", ret.rental);
+                let post = Some(i32::from(ret.post));
+                insert_anomaly(
+                    conn,
+                    scope,
+                    &key,
+                    AnomalyKind::ConflictingReturn.as_str(),
+                    post,
+                    Some(rental),
+                    &detail,
+                    end,
+                )
+                .await?;
+                continue;
+            }
         }
         let kept: Option<(Uuid, Uuid)> = sqlx::query_as(
             "SELECT device_id, origin_device_id FROM rental_returns WHERE rental_id = $1",

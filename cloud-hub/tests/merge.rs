@@ -107,6 +107,14 @@ impl Device {
         self.doc.commit();
     }
 
+    /// The origin's own dock: the cart came back to this device's `post`.
+    fn docked_here(&mut self, id: RentalId, post: u64) {
+        let rentals = self.doc.get(ROOT, "rentals").unwrap().unwrap().1;
+        let r = self.doc.get(&rentals, id.to_string()).unwrap().unwrap().1;
+        self.doc.put(&r, "return_post", post).unwrap();
+        self.doc.commit();
+    }
+
     /// A new session (to another hub process, say): both sides forget what is in flight.
     fn reconnect(&mut self) {
         self.hub.reset_in_flight();
@@ -480,6 +488,63 @@ async fn a_return_is_acknowledged_to_the_docking_device_once_its_origin_holds_it
     };
     assert_eq!(strip(snapshot(&pool).await), strip(before));
     assert_eq!(status(&pool, r1).await.as_deref(), Some("returned"));
+    // Returns the origin folded are no conflict.
+    assert_eq!(conflicting_returns(&pool, r1).await, 0);
+    assert_eq!(conflicting_returns(&pool, r2).await, 0);
+}
+
+async fn conflicting_returns(pool: &PgPool, id: RentalId) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM anomalies WHERE kind = 'conflicting_return' AND rental_id = $1",
+    )
+    .bind(*id.as_uuid())
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
+async fn a_return_conflicting_with_the_origins_own_dock_is_recorded_by_the_hub_in_either_order(
+    pool: PgPool,
+) {
+    seed_world(&pool).await;
+    let server = SyncServer::new(pool.clone(), Arc::new(HubClock::new()));
+    let (pi_1, pi_2) = (
+        DeviceId::parse(PI_1).unwrap(),
+        DeviceId::parse(PI_2).unwrap(),
+    );
+    let mut a = Device::new(pi_1);
+    let mut b = Device::new(pi_2);
+    let (r1, r2) = (rental_id(21), rental_id(22));
+    a.rental(r1, 5, "active", T0, None);
+    a.rental(r2, 6, "active", T0, None);
+    a.sync(&server).await;
+
+    // R1: the origin closes it with a dock at its own post; then pi-2, which had not heard,
+    // reports a second cart docked for R1. pi-2 may forget its return (acknowledged), so the
+    // origin will never see it: the hub records the conflict.
+    let end = T0 + 25 * 60_000;
+    a.rental(r1, 5, "returned", T0, Some(end));
+    a.docked_here(r1, 42);
+    a.sync(&server).await;
+    b.returned(r1, pi_1, 40, end + 60_000);
+    b.sync(&server).await;
+    assert!(b.acked.contains(&r1), "{:?}", b.acked);
+    assert_eq!(conflicting_returns(&pool, r1).await, 1);
+
+    // R2 the other way round: pi-2's return closes the row first, then the origin's own dock
+    // arrives. The return is acknowledged with the conflict recorded.
+    b.returned(r2, pi_1, 41, T0 + 30 * 60_000);
+    b.sync(&server).await;
+    assert!(!b.acked.contains(&r2), "{:?}", b.acked);
+    assert_eq!(conflicting_returns(&pool, r2).await, 0);
+    a.rental(r2, 6, "returned", T0, Some(T0 + 31 * 60_000));
+    a.docked_here(r2, 43);
+    a.sync(&server).await;
+    b.reconnect();
+    b.sync(&server).await;
+    assert!(b.acked.contains(&r2), "{:?}", b.acked);
+    assert_eq!(conflicting_returns(&pool, r2).await, 1);
 }
 
 #[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]

@@ -4,7 +4,7 @@
 //! entry of another device closes the origin's row) and the acknowledgements of its merge
 //! path (closed rentals Postgres holds; returns whose rental the origin has closed).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use automerge::AutoCommit;
 use cartwise_schema::{DeviceId, RentalId, RentalStatus};
@@ -36,8 +36,10 @@ pub struct Projection {
     pub anomalies: BTreeMap<(DeviceId, String), (String, Option<String>)>,
     /// intent → (device, status).
     pub outcomes: BTreeMap<IntentId, (DeviceId, String)>,
-    /// Rentals their origin has closed in its own document.
-    pub origin_closed: BTreeSet<RentalId>,
+    /// Rentals their origin has closed in its own document: true when it closed them
+    /// otherwise than by folding another device's return (its own dock, or a status that is
+    /// not a return), so a return recorded elsewhere conflicts with it.
+    pub origin_closed: BTreeMap<RentalId, bool>,
 }
 
 /// The hub.
@@ -99,7 +101,12 @@ impl World {
                 }
             }
             if rank(fact.status) == 2 {
-                pr.origin_closed.insert(fact.id);
+                let otherwise = fact.return_post.is_some()
+                    || !matches!(
+                        fact.status,
+                        RentalStatus::Returned | RentalStatus::ReturnedLate
+                    );
+                pr.origin_closed.insert(fact.id, otherwise);
             }
         }
         for ret in &facts.returns {
@@ -131,12 +138,26 @@ impl World {
             })
             .map(|f| f.id)
             .collect();
-        let returns: Vec<RentalId> = facts
-            .returns
-            .iter()
-            .filter(|r| pr.origin_closed.contains(&r.rental))
-            .map(|r| r.rental)
-            .collect();
+        // A return is acknowledged once its origin has closed the rental. If the origin closed
+        // it otherwise, the origin will never record the conflict (the returning device forgets
+        // its return on the acknowledgement), so the hub records it, as `project_returns` and
+        // `mark_folded` do in Postgres.
+        let mut returns = Vec::new();
+        for ret in &facts.returns {
+            let Some(&otherwise) = pr.origin_closed.get(&ret.rental) else {
+                continue;
+            };
+            if otherwise {
+                pr.anomalies.insert(
+                    (device, format!("return/{}", ret.rental)),
+                    (
+                        "conflicting_return".to_owned(),
+                        Some(ret.rental.to_string()),
+                    ),
+                );
+            }
+            returns.push(ret.rental);
+        }
         if rentals.is_empty() && returns.is_empty() {
             return;
         }
