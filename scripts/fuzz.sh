@@ -6,9 +6,10 @@
 #   scripts/fuzz.sh --target TARGET --seconds N   the same, with named flags
 #   scripts/fuzz.sh --all --seconds N             every target for N seconds each (a long run)
 #
-# Targets: cu16_decode, enroll_wire, peer_docs, shopper_token, sync_frame, sync_session (the
-# list is fuzz/fuzz_targets/*.rs). Every file under fuzz/regressions/TARGET/ is replayed on
-# stable by the test suite (tests/tests/fuzz_regressions.rs checks each target has a replay).
+# Targets: bundle_decode, cu16_decode, enroll_wire, inforu_answer, mqtt_topic, peer_docs,
+# shopper_token, sync_frame, sync_session, tech_credential (the list is fuzz/fuzz_targets/*.rs).
+# Every file under fuzz/regressions/TARGET/ is replayed on stable by the test suite
+# (tests/tests/fuzz_regressions.rs checks each target has a replay).
 #
 # cargo-fuzz needs a nightly toolchain. Where none is installed the bounded run says so and
 # exits 0: the committed corpus and every crasher under fuzz/regressions are replayed by the

@@ -43,6 +43,9 @@ use crate::intents::{Actor, ActorKind, IntentRequest};
 use crate::merge::events::BranchEvents;
 use crate::metrics::{global, inc};
 
+mod parse;
+pub use parse::{CHAINS_MAX, Command, MqttConfig, MqttError, parse_command};
+
 /// Requests (publishes, subscribes) waiting for the MQTT connection.
 pub const MQTT_REQUESTS_MAX: usize = 256;
 /// Branch changes waiting for the publisher.
@@ -52,8 +55,6 @@ pub const COMMANDS_MAX: usize = 64;
 /// Carts whose last published state is remembered (beyond it the memory is cleared and every
 /// cart is published again once).
 pub const CARTS_REMEMBERED_MAX: usize = 100_000;
-/// Chains one bridge may serve.
-pub const CHAINS_MAX: usize = 64;
 /// Largest MQTT packet the bridge takes or sends.
 pub const PACKET_BYTES_MAX: usize = 256 * 1024;
 /// How often the bridge looks for branches added to its chains.
@@ -62,124 +63,6 @@ pub const BRANCH_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 pub const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 /// The name intents from MQTT are created and audited under.
 pub const MQTT_ACTOR: &str = "mqtt-bridge";
-
-/// Why the bridge could not be configured.
-#[derive(Debug, thiserror::Error)]
-pub enum MqttError {
-    /// The `--mqtt` URL is not `mqtt://[user[:password]@]host[:port]?chain=<id>[&chain=…]`.
-    #[error("bad MQTT URL: {0}")]
-    BadUrl(String),
-}
-
-/// Where the broker is and which chains the bridge serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MqttConfig {
-    pub host: String,
-    pub port: u16,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub client_id: String,
-    /// The chains whose topics the bridge publishes and acts on (at least one).
-    pub chains: Vec<ChainId>,
-}
-
-impl MqttConfig {
-    /// Parses `mqtt://[user[:password]@]host[:port]?chain=<id>[&chain=…][&client_id=…]`.
-    pub fn parse(url: &str) -> Result<MqttConfig, MqttError> {
-        let bad = |why: &str| MqttError::BadUrl(why.to_owned());
-        let rest = url
-            .strip_prefix("mqtt://")
-            .or_else(|| url.strip_prefix("tcp://"))
-            .ok_or_else(|| bad("it must start with mqtt://"))?;
-        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let authority = authority.trim_end_matches('/');
-        let (credentials, address) = match authority.rsplit_once('@') {
-            Some((credentials, address)) => (Some(credentials), address),
-            None => (None, authority),
-        };
-        let (username, password) = match credentials {
-            Some(credentials) => match credentials.split_once(':') {
-                Some((user, password)) => (Some(user.to_owned()), Some(password.to_owned())),
-                None => (Some(credentials.to_owned()), None),
-            },
-            None => (None, None),
-        };
-        // host, host:port, [v6] or [v6]:port.
-        let bracketed_without_port = address.starts_with('[') && address.ends_with(']');
-        let (host, port) = match address.rsplit_once(':') {
-            Some((host, port)) if !bracketed_without_port => (
-                host,
-                port.parse::<u16>()
-                    .map_err(|_| bad("the port is not a number"))?,
-            ),
-            _ => (address, 1883),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(bad("no host"));
-        }
-        let mut chains = Vec::new();
-        let mut client_id = format!("cartwise-hub-{}", std::process::id());
-        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-            match pair.split_once('=') {
-                Some(("chain", id)) => {
-                    let chain = ChainId::parse(id).map_err(|_| bad("a chain is not a chain id"))?;
-                    if !chains.contains(&chain) {
-                        chains.push(chain);
-                    }
-                }
-                Some(("client_id", id)) if !id.is_empty() && id.len() <= 64 => {
-                    client_id = id.to_owned();
-                }
-                _ => return Err(bad("unknown parameter (chain=<id>, client_id=<name>)")),
-            }
-        }
-        if chains.is_empty() {
-            return Err(bad("name at least one chain: ?chain=<chain id>"));
-        }
-        if chains.len() > CHAINS_MAX {
-            return Err(bad("too many chains"));
-        }
-        Ok(MqttConfig {
-            host: host.to_owned(),
-            port,
-            username,
-            password,
-            client_id,
-            chains,
-        })
-    }
-}
-
-/// A lock or unlock asked for over MQTT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Command {
-    pub chain: ChainId,
-    pub branch: BranchId,
-    pub cart: Uuid,
-    /// True for `lock` (out of service), false for `unlock` (maintenance unlock).
-    pub lock: bool,
-}
-
-/// Parses a `cartwise/{chain}/{branch}/carts/{cart}/lock|unlock` topic; `None` for anything
-/// else (never panics on outside bytes).
-pub fn parse_command(topic: &str) -> Option<Command> {
-    let parts: Vec<&str> = topic.split('/').collect();
-    let ["cartwise", chain, branch, "carts", cart, action] = parts.as_slice() else {
-        return None;
-    };
-    let lock = match *action {
-        "lock" => true,
-        "unlock" => false,
-        _ => return None,
-    };
-    Some(Command {
-        chain: ChainId::parse(chain).ok()?,
-        branch: BranchId::parse(branch).ok()?,
-        cart: Uuid::parse_str(cart).ok()?,
-        lock,
-    })
-}
 
 /// A branch-change broadcast fed by Postgres only (when this process runs no sync server):
 /// documents written by other hub processes, and intents.

@@ -2,7 +2,8 @@
 //! simulator, and the technician's bus diagnostics. The binaries are thin shells over this.
 //!
 //! Without the default `node` feature only the pure decoders of outside bytes are built (the
-//! KR-CU16 codec and bus types, the shopper-token parser), for the fuzz targets.
+//! KR-CU16 codec and bus types, the shopper-token parser, the Inforu answer parser), for the
+//! fuzz targets.
 
 #[cfg(feature = "node")]
 pub mod bus_cli;
@@ -33,10 +34,19 @@ pub mod peers;
 pub mod run_cli;
 #[cfg(feature = "node")]
 pub mod shopper;
-/// Without `node`, only the shopper-token parser (for its fuzz target).
+/// Without `node`, only the shopper-token parser and the Inforu answer parser (for their fuzz
+/// targets).
 #[cfg(not(feature = "node"))]
 pub mod shopper {
     pub mod token;
+    pub mod sms {
+        mod error;
+        pub use error::SmsError;
+        pub mod inforu {
+            mod answer;
+            pub use answer::check_result;
+        }
+    }
 }
 #[cfg(feature = "node")]
 pub mod bundle_cli;

@@ -7,7 +7,12 @@
 //! with `verify_credential` against the Pi's corrected clock, so an expired credential or one
 //! for another branch is refused with a `Refused` that says why, and every session, allowed or
 //! refused, is recorded in the technician log (which reaches the hub's audit log with the
-//! device's facts).
+//! device's facts) with the chain and branch the credential names. A credential of another
+//! chain (admitted unverified at the handshake) is refused `WrongChain` and recorded too, at
+//! most `UNVERIFIED_REFUSALS_PER_HOUR_MAX` an hour (`engine::techlog`). The credential's
+//! expiry is checked again on every request of a session (a bundle, a bus command): one that
+//! expired mid-session is answered with a refusal naming the expiry and what to do, recorded,
+//! and the session ends.
 //!
 //! An admitted session runs the sync-core `Session` with capability `technician`. The Pi sends
 //! its signed facts bundle as soon as the session is established; a `Bundle` from the laptop
@@ -25,9 +30,11 @@ use cartwise_schema::Clock;
 use cartwise_sync_core::bundle::BundleSigner;
 use cartwise_sync_core::identity::{PeerIdentity, Role as CertRole};
 use cartwise_sync_core::message::TechnicianMessage;
-use cartwise_sync_core::message::body::{Bundle, BundleResult, ErrorBody, Role};
+use cartwise_sync_core::message::body::{
+    Bundle, BundleResult, BusCommand, BusReply, ErrorBody, Role,
+};
 use cartwise_sync_core::session::{LocalIdentity, capability};
-use cartwise_sync_core::technician::{CredentialError, verify_credential};
+use cartwise_sync_core::technician::{CredentialError, TechnicianCredential, verify_credential};
 use cartwise_sync_core::{
     Message, Output, Session, SessionConfig, SessionEvent, Side, error_code, refusal,
 };
@@ -149,14 +156,19 @@ pub async fn serve(
                 .await?;
         }
         Err(error) => {
-            engine
-                .log_technician(
-                    technician,
-                    TechAction::LanSession,
-                    false,
-                    format!("LAN session from {remote} refused: {error}"),
-                )
-                .await?;
+            let detail = format!(
+                "LAN session from {remote} refused, credential of chain {} branch {}: {error}",
+                peer.chain, peer.branch
+            );
+            if *error == CredentialError::WrongChain {
+                engine
+                    .log_unverified_technician(technician, TechAction::LanSession, detail)
+                    .await?;
+            } else {
+                engine
+                    .log_technician(technician, TechAction::LanSession, false, detail)
+                    .await?;
+            }
         }
     }
     let (mut send, mut recv) = tokio::time::timeout(STREAM_TIMEOUT, conn.accept_bi())
@@ -249,7 +261,20 @@ struct Context<'a> {
     peer: PeerIdentity,
     technician: Option<uuid::Uuid>,
     /// The credential's verdict: a refusal code and reason, or the verified credential.
-    verdict: Result<cartwise_sync_core::technician::TechnicianCredential, (u16, String)>,
+    verdict: Result<TechnicianCredential, (u16, String)>,
+}
+
+/// Why a request of an admitted session is refused because the credential expired since the
+/// session started (the Pi's corrected clock is past its end of validity).
+fn expired_mid_session(credential: &TechnicianCredential, now_ms: i64) -> Option<String> {
+    (now_ms > credential.not_after_ms).then(|| {
+        clip(format!(
+            "{} (it expired during this session; the Pi ends it)",
+            CredentialError::Expired {
+                at: credential.not_after_ms
+            }
+        ))
+    })
 }
 
 impl Context<'_> {
@@ -281,6 +306,18 @@ impl Context<'_> {
                 self.send_facts(session).await?;
             }
             SessionEvent::Technician(TechnicianMessage::Bundle(bundle)) => {
+                if let Some(reason) = self.expired(TechAction::BundleImport).await? {
+                    let seq = cartwise_sync_core::bundle::decode_bundle(&bundle.bytes)
+                        .map(|signed| signed.unverified_body().seq)
+                        .unwrap_or(0);
+                    session.send(Message::BundleResult(BundleResult {
+                        seq,
+                        applied: false,
+                        message: clip(format!("refused: {reason}")),
+                    }))?;
+                    session.close(&reason);
+                    return Ok(Some(reason));
+                }
                 let result = match self
                     .engine
                     .import_intents_bundle(
@@ -315,6 +352,21 @@ impl Context<'_> {
                 session.send(Message::BundleResult(result))?;
             }
             SessionEvent::Technician(TechnicianMessage::BusRequest(request)) => {
+                let action = match request.command() {
+                    Ok(BusCommand::Scan) => TechAction::BusScan,
+                    Ok(BusCommand::Unlock { .. }) => TechAction::BusUnlock,
+                    Ok(BusCommand::Status { .. }) | Err(_) => TechAction::BusStatus,
+                };
+                if let Some(reason) = self.expired(action).await? {
+                    session.send(Message::BusReply(BusReply {
+                        id: request.id,
+                        ok: false,
+                        body_json: String::new(),
+                        message: reason.clone(),
+                    }))?;
+                    session.close(&reason);
+                    return Ok(Some(reason));
+                }
                 let reply = self
                     .engine
                     .technician_bus(request.id, request.command(), self.technician)
@@ -357,6 +409,28 @@ impl Context<'_> {
         Ok(None)
     }
 
+    /// The refusal of a request (`action`) when the credential expired since the session
+    /// started, recorded in the technician log.
+    async fn expired(&self, action: TechAction) -> Result<Option<String>, TechSessionError> {
+        let Ok(credential) = &self.verdict else {
+            // Never admitted: the session was refused at its Hello.
+            return Ok(Some(clip("the technician credential was refused".into())));
+        };
+        let now_ms = self.engine.corrected_now_ms().await?;
+        let Some(reason) = expired_mid_session(credential, now_ms) else {
+            return Ok(None);
+        };
+        self.engine
+            .log_technician(
+                self.technician,
+                action,
+                false,
+                format!("refused mid-session: {reason}"),
+            )
+            .await?;
+        Ok(Some(reason))
+    }
+
     /// Sends this device's signed facts bundle.
     async fn send_facts(&self, session: &mut Session) -> Result<(), TechSessionError> {
         let signer = DeviceSigner::new(self.identity).map_err(TechSessionError::Refused)?;
@@ -381,5 +455,36 @@ impl Context<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credential(not_after_ms: i64) -> TechnicianCredential {
+        TechnicianCredential {
+            chain: cartwise_schema::ChainId::from_uuid(uuid::Uuid::from_u128(1)),
+            branch: cartwise_schema::BranchId::from_uuid(uuid::Uuid::from_u128(2)),
+            technician: uuid::Uuid::from_u128(3),
+            not_before_ms: 0,
+            not_after_ms,
+            serial_hex: "01".into(),
+        }
+    }
+
+    #[test]
+    fn a_request_after_the_credentials_end_is_refused_naming_the_expiry_and_what_to_do() {
+        let end = 1_700_000_000_000;
+        assert_eq!(expired_mid_session(&credential(end), end - 1), None);
+        assert_eq!(expired_mid_session(&credential(end), end), None);
+        let reason = expired_mid_session(&credential(end), end + 1).unwrap();
+        assert!(
+            reason.contains("expired at 2023-11-14 22:13:20 UTC"),
+            "{reason}"
+        );
+        assert!(reason.contains("cartwise-tech login"), "{reason}");
+        assert!(reason.contains("during this session"), "{reason}");
+        assert!(reason.len() <= REASON_MAX);
     }
 }

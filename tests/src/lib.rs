@@ -3,6 +3,8 @@
 //! and a station (simulated boards + an edge daemon) on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod technician;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

@@ -6,129 +6,26 @@
 //! clear message and a technician-log entry; a remote unlock needs confirmation.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cartwise_cloud_hub::intents::{self, Actor, ActorKind, IntentRequest, IntentStatus};
-use cartwise_cloud_hub::technicians::{self, IssuedCredential, Pusher};
-use cartwise_cloud_hub::users::{self, NewUser, Role as UserRole};
+use cartwise_cloud_hub::technicians::{self, Pusher};
 use cartwise_edge_node::cu16::Lock;
 use cartwise_edge_node::engine::{Engine, RentalFilter};
-use cartwise_edge_node::identity::{self, EdgeIdentity};
-use cartwise_edge_node::tech::carry::{Carry, Credential, CredentialBranch, CredentialDevice};
 use cartwise_edge_node::tech::lan_cli::{self, RemoteBusAction};
-use cartwise_schema::{BranchId, ChainId, DeviceId, Phone, RentalStatus};
-use cartwise_sync_core::bundle::{BundleBody, BundleKind, BundleSigner, Producer, encode_bundle};
+use cartwise_schema::{BranchId, Phone, RentalStatus};
+use cartwise_sync_core::bundle::{BundleBody, BundleKind, Producer, encode_bundle};
 use cartwise_sync_core::facts::{TechnicianLogEntry, read_device_doc};
-use cartwise_sync_core::identity::DeviceCredentials;
 use cartwise_sync_core::intents::IntentKind;
 use cartwise_sync_core::message::TechnicianMessage;
-use cartwise_sync_core::message::body::{Bundle, Role};
-use cartwise_sync_core::session::{LocalIdentity, capability};
-use cartwise_sync_core::{
-    CloseReason, Message, Output, Session, SessionConfig, SessionEvent, Side, error_code,
+use cartwise_sync_core::message::body::Bundle;
+use cartwise_sync_core::{CloseReason, Message, SessionEvent, error_code};
+use cartwise_tests::technician::{
+    KeySigner, branch_id, identity_for, lan_addr, listening, now_ms, raw_session, technician,
 };
-use cartwise_tests::{
-    Station, enroll_device, eventually, seed_world, start_hub, trust_any_server_client,
-};
-use rcgen::{CertificateParams, KeyPair, SigningKey};
+use cartwise_tests::{Station, enroll_device, eventually, seed_world, start_hub};
 use sqlx::PgPool;
 use uuid::Uuid;
-
-const CHAIN: &str = "0b1e3c2a-0000-4000-8000-000000000001";
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
-
-fn listening(config: &mut cartwise_edge_node::config::EdgeConfig) {
-    config.lan.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-}
-
-fn lan_addr(station: &Station) -> String {
-    station.edge.as_ref().unwrap().lan.unwrap().to_string()
-}
-
-async fn branch_id(pool: &PgPool, code: &str) -> Uuid {
-    sqlx::query_scalar("SELECT id FROM branches WHERE branch_code = $1")
-        .bind(code)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
-/// A technician user scoped to `branches`, a key and a credential issued by the hub, stored
-/// as `cartwise-tech login` stores them in `home`.
-async fn technician(
-    pool: &PgPool,
-    login: &str,
-    branches: Vec<Uuid>,
-    home: &Path,
-) -> (Carry, IssuedCredential, KeyPair) {
-    users::add_user(
-        pool,
-        &NewUser {
-            login: login.into(),
-            password: "a long technician password".into(),
-            role: UserRole::Technician,
-            chain: Some(Uuid::parse_str(CHAIN).unwrap()),
-            branches,
-        },
-    )
-    .await
-    .unwrap();
-    let key = KeyPair::generate().unwrap();
-    let csr = CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let issued = technicians::issue(pool, login, &csr, Some(12), None, "admin")
-        .await
-        .unwrap();
-    let credential = Credential {
-        hub_url: "http://127.0.0.1:1".into(),
-        login: login.into(),
-        technician_id: issued.technician_id,
-        chain_id: ChainId::from_uuid(issued.chain_id),
-        issued_at_ms: issued.issued_at_ms,
-        not_after_ms: issued.not_after_ms,
-        branches: issued
-            .branches
-            .iter()
-            .map(|branch| CredentialBranch {
-                branch_id: BranchId::from_uuid(branch.branch_id),
-                code: branch.code.clone(),
-                name: branch.name.clone(),
-                cert_pem: branch.cert_pem.clone(),
-                devices: branch
-                    .devices
-                    .iter()
-                    .map(|device| CredentialDevice {
-                        device_id: DeviceId::from_uuid(device.device_id),
-                        name: device.name.clone(),
-                        last_ip: device.last_ip.clone(),
-                    })
-                    .collect(),
-            })
-            .collect(),
-        chain_ca_pem: issued.chain_ca_pem.clone(),
-        platform_ca_pem: issued.platform_ca_pem.clone(),
-    };
-    let carry = Carry::open(home).unwrap();
-    carry
-        .save_login(&credential, &key.serialize_pem(), "token")
-        .unwrap();
-    (carry, issued, key)
-}
 
 async fn log_of(engine: &Engine) -> Vec<TechnicianLogEntry> {
     engine.technician_log(100).await.unwrap()
@@ -320,101 +217,6 @@ async fn the_technician_carries_facts_to_the_hub_and_intents_back(pool: PgPool) 
     station.stop().await;
 }
 
-/// A raw technician session that presents `who` and accepts any Pi (a laptop skipping its own
-/// check, to reach the Pi's): returns how the session ended and the events seen.
-async fn raw_session(
-    who: &EdgeIdentity,
-    address: &str,
-    send: Vec<Message>,
-    expect: usize,
-) -> (Option<CloseReason>, Vec<SessionEvent>) {
-    let endpoint = identity::client_endpoint().unwrap();
-    let conn = identity::connect(
-        &endpoint,
-        address,
-        trust_any_server_client(who),
-        identity::LAN_SERVER_NAME,
-    )
-    .await
-    .unwrap();
-    let (mut tx, mut rx) = conn.open_bi().await.unwrap();
-    let me = who.peer();
-    let clock = cartwise_edge_node::clock::SystemClock::new();
-    use cartwise_schema::Clock as _;
-    let mut config = SessionConfig::new(Side::Initiator);
-    config.capabilities.push(capability::TECHNICIAN.to_owned());
-    let mut session = Session::new(
-        config,
-        LocalIdentity {
-            role: Role::Technician,
-            chain: me.chain,
-            branch: Some(me.branch),
-            device: None,
-            schema_version: 1,
-        },
-        clock.read(),
-    );
-    let mut events = Vec::new();
-    let mut pending = send;
-    let mut buf = vec![0u8; 65536];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut answers = 0;
-    loop {
-        while let Some(output) = session.poll_output() {
-            match output {
-                Output::Send(bytes) => {
-                    let _ = tx.write_all(&bytes).await;
-                }
-                Output::Event(SessionEvent::Closed(reason)) => {
-                    conn.close(0u32.into(), b"done");
-                    return (Some(reason), events);
-                }
-                Output::Event(event) => {
-                    if matches!(event, SessionEvent::Established { .. }) {
-                        for message in pending.drain(..) {
-                            session.send(message).unwrap();
-                        }
-                    }
-                    if matches!(
-                        event,
-                        SessionEvent::PeerError(_)
-                            | SessionEvent::Technician(TechnicianMessage::BundleResult(_))
-                    ) {
-                        answers += 1;
-                    }
-                    events.push(event);
-                }
-            }
-        }
-        if expect > 0 && answers >= expect {
-            break;
-        }
-        tokio::select! {
-            read = rx.read(&mut buf) => match read {
-                Ok(Some(n)) => { let _ = session.handle_bytes(clock.read(), &buf[..n]); }
-                _ => break,
-            },
-            () = tokio::time::sleep_until(deadline) => break,
-        }
-    }
-    conn.close(0u32.into(), b"done");
-    (None, events)
-}
-
-fn identity_for(carry: &Carry, branch: BranchId) -> EdgeIdentity {
-    let credential = carry.credential().unwrap();
-    EdgeIdentity {
-        credentials: DeviceCredentials::from_pem(
-            credential.cert_pem_for(branch).unwrap(),
-            &carry.key_pem().unwrap(),
-            &credential.chain_ca_pem,
-            &credential.platform_ca_pem,
-        )
-        .unwrap(),
-        hub: String::new(),
-    }
-}
-
 #[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
 async fn expired_and_other_branch_credentials_are_refused_with_a_reason_and_logged(pool: PgPool) {
     seed_world(&pool).await;
@@ -497,14 +299,6 @@ async fn expired_and_other_branch_credentials_are_refused_with_a_reason_and_logg
         "{live:?}"
     );
     station.stop().await;
-}
-
-struct KeySigner(KeyPair);
-
-impl BundleSigner for KeySigner {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
-        self.0.sign(message).map_err(|e| e.to_string())
-    }
 }
 
 #[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]

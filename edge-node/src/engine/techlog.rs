@@ -15,6 +15,13 @@ use crate::store::StoreError;
 
 /// Entries kept in SQLite; past this the oldest go.
 pub const TECHNICIAN_LOG_ROWS_MAX: i64 = 10_000;
+/// Refusals of credentials this device cannot verify (another chain's: it holds no other
+/// chain's CA) recorded per hour; past it they are only traced, so whoever is on the LAN
+/// cannot push genuine entries out of the live log with made-up certificates.
+pub const UNVERIFIED_REFUSALS_PER_HOUR_MAX: i64 = 20;
+/// How the detail of such a refusal starts (and how they are counted).
+pub const UNVERIFIED_REFUSAL_PREFIX: &str = "unverified credential: ";
+const HOUR_MS: i64 = 3_600_000;
 
 /// What a technician did (or tried to do) on this device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +150,20 @@ fn insert_row(conn: &Connection, entry: &TechnicianLogEntry) -> Result<(), Store
     Ok(())
 }
 
+/// Refusals of unverifiable credentials recorded at or after `since_ms`.
+fn unverified_refusals_since(conn: &Connection, since_ms: i64) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM technician_log
+         WHERE outcome = 'refused' AND at_ms >= ?1 AND substr(detail, 1, ?2) = ?3",
+        params![
+            since_ms,
+            UNVERIFIED_REFUSAL_PREFIX.len(),
+            UNVERIFIED_REFUSAL_PREFIX
+        ],
+        |r| r.get(0),
+    )?)
+}
+
 /// Reads a bundle sequence number (0 when none was recorded).
 pub(crate) fn bundle_seq(conn: &Connection, which: BundleSeq) -> Result<u64, StoreError> {
     let seq: Option<i64> = conn
@@ -176,16 +197,62 @@ impl Engine {
         allowed: bool,
         detail: impl Into<String>,
     ) -> Result<TechnicianLogEntry, StoreError> {
-        let reading = self.clock.read();
         let detail = detail.into();
         if !allowed {
             tracing::warn!(action = action.as_str(), ?technician, %detail, "technician refused");
         } else {
             tracing::info!(action = action.as_str(), ?technician, %detail, "technician");
         }
+        let entry = self
+            .record_technician(technician, action, allowed, detail, false)
+            .await?;
+        entry.ok_or_else(|| StoreError::Rejected("technician log entry not recorded".into()))
+    }
+
+    /// Records the refusal of a credential this device cannot verify (one naming another
+    /// chain), its detail prefixed with [`UNVERIFIED_REFUSAL_PREFIX`], unless
+    /// [`UNVERIFIED_REFUSALS_PER_HOUR_MAX`] were recorded in the past hour (then it is only
+    /// traced and `None` is returned).
+    pub async fn log_unverified_technician(
+        &self,
+        technician: Option<uuid::Uuid>,
+        action: TechAction,
+        detail: impl Into<String>,
+    ) -> Result<Option<TechnicianLogEntry>, StoreError> {
+        let detail = format!("{UNVERIFIED_REFUSAL_PREFIX}{}", detail.into());
+        let entry = self
+            .record_technician(technician, action, false, detail.clone(), true)
+            .await?;
+        if entry.is_some() {
+            tracing::warn!(action = action.as_str(), ?technician, %detail, "technician refused");
+        } else {
+            tracing::warn!(action = action.as_str(), ?technician, %detail,
+                "technician refused (not logged: {UNVERIFIED_REFUSALS_PER_HOUR_MAX} such refusals in the past hour)");
+        }
+        Ok(entry)
+    }
+
+    /// One technician log entry in SQLite and the live document, in one transaction; with
+    /// `capped`, none when the hour's unverified refusals are used up.
+    async fn record_technician(
+        &self,
+        technician: Option<uuid::Uuid>,
+        action: TechAction,
+        allowed: bool,
+        detail: String,
+        capped: bool,
+    ) -> Result<Option<TechnicianLogEntry>, StoreError> {
+        let reading = self.clock.read();
         let id = self.new_rental_id(reading.wall.get()).to_string();
         self.store
             .transact(move |tx, state| {
+                let at_ms = state.timeline.corrected_reading(&reading).get();
+                if capped
+                    && unverified_refusals_since(tx, at_ms.saturating_sub(HOUR_MS))?
+                        >= UNVERIFIED_REFUSALS_PER_HOUR_MAX
+                {
+                    return Ok(None);
+                }
                 state.stamp(tx, reading)?;
                 let entry = TechnicianLogEntry {
                     id,
@@ -198,7 +265,7 @@ impl Engine {
                 insert_row(tx, &entry)?;
                 put_live_entry(state.live.doc_mut(), &entry)?;
                 state.finish(tx)?;
-                Ok(entry)
+                Ok(Some(entry))
             })
             .await
     }
@@ -281,6 +348,36 @@ mod tests {
         assert_eq!(log.len(), TECHNICIAN_LOG_LIVE_MAX);
         assert!(log.iter().all(|e| e.at_ms >= 5), "the oldest five left");
         assert!(log.iter().any(|e| e.at_ms == i64::from(total - 1)));
+    }
+
+    #[test]
+    fn unverified_refusals_are_counted_by_their_prefix_within_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open_connection(&dir.path().join("edge.db")).unwrap();
+        let refusal = |n: u32, detail: String| TechnicianLogEntry {
+            outcome: "refused".into(),
+            detail,
+            ..entry(n)
+        };
+        insert_row(
+            &conn,
+            &refusal(1, format!("{UNVERIFIED_REFUSAL_PREFIX}chain B")),
+        )
+        .unwrap();
+        insert_row(
+            &conn,
+            &refusal(5, format!("{UNVERIFIED_REFUSAL_PREFIX}chain C")),
+        )
+        .unwrap();
+        insert_row(&conn, &refusal(6, "expired".into())).unwrap();
+        insert_row(&conn, &entry(7)).unwrap();
+        assert_eq!(unverified_refusals_since(&conn, 0).unwrap(), 2);
+        assert_eq!(
+            unverified_refusals_since(&conn, 2).unwrap(),
+            1,
+            "the window"
+        );
+        assert_eq!(unverified_refusals_since(&conn, 6).unwrap(), 0);
     }
 
     #[test]

@@ -327,6 +327,19 @@ fn a_pi_admits_its_chains_technicians_at_the_handshake_whatever_their_branch_or_
     // A technician certificate of another chain's CA is refused at the handshake.
     let foreign = technician(&other_ca, chain, branch, now());
     assert!(handshake(laptop(&foreign), server()).is_err());
+    // A technician certificate naming another chain is admitted unverified, so the
+    // application can refuse it with why and record it; the credential check refuses it.
+    let other_chains = technician(&other_ca, other_chain, branch, now());
+    handshake(laptop(&other_chains), server()).unwrap();
+    assert_eq!(
+        crate::technician::verify_credential(
+            other_chains.cert.as_ref(),
+            ca.der().as_ref(),
+            branch,
+            now() * 1000
+        ),
+        Err(crate::technician::CredentialError::WrongChain)
+    );
     // A device of another branch is still refused.
     let other_device = ca.device(PeerIdentity::device(chain, other_branch, tech), now());
     assert!(handshake(laptop(&other_device), server()).is_err());

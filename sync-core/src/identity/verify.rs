@@ -202,7 +202,11 @@ impl ClientCertVerifier for HubClientVerifier {
 /// and validity window: its signature is checked here (at a time inside its own window), and
 /// the application must then check it with `crate::technician::verify_credential` against
 /// the Pi's corrected clock, so an expired credential or one for another branch is refused with
-/// a message that says why, and the refusal is recorded.
+/// a message that says why, and the refusal is recorded. A technician certificate naming another
+/// chain is admitted unverified (this Pi holds no other chain's CA; the handshake still proves
+/// the laptop holds its key) for the same reason: the application refuses it (`WrongChain`)
+/// and records the chain and branch it names, so a visit with the wrong chain's credential is
+/// in the technician log, not only in a failed handshake. Nothing is served before that check.
 #[derive(Debug)]
 pub(super) struct BranchClientVerifier {
     pub(super) inner: Arc<dyn ClientCertVerifier>,
@@ -227,6 +231,9 @@ impl ClientCertVerifier for BranchClientVerifier {
             return self
                 .inner
                 .verify_client_cert(end_entity, intermediates, inside);
+        }
+        if peer.role == super::Role::Technician {
+            return Ok(ClientCertVerified::assertion());
         }
         let verified =
             self.inner
