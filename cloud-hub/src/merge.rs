@@ -7,12 +7,17 @@
 //! and re-projecting every fact costs O(document) work and several round trips; here one
 //! worker pass costs one transaction for everything queued, and per document O(changes).
 //!
-//! - Sharding: documents are spread over workers by branch, so one branch's documents are
-//!   always merged by the same worker, in order, and its cache needs no lock; the
-//!   projection's cross-device steps of a branch (a return closing another device's rental)
-//!   never race inside one process. Within a pass the Automerge work is spread over one
-//!   blocking task per core, each document whole on one task, so a branch with many devices
-//!   still uses every core.
+//! - Sharding: documents are spread over workers by owner (a device's documents of every
+//!   epoch on one worker, a branch's intents on one), so one document is always merged by the
+//!   same worker, in order, and its cache needs no lock, while a branch's devices merge on
+//!   every worker at once. What crosses devices stays serial per branch: before projecting,
+//!   a pass takes a transaction-scoped advisory lock per branch it projects, in sorted order
+//!   (`lock_branches`), so a return closing another device's rental, or two epochs of one
+//!   device naming one rental, never interleave between workers. Within a pass the Automerge
+//!   work is spread over one blocking task per core, each document whole on one task.
+//! - Decoding once: a written document's message goes through
+//!   `PeerDocState::receive_decoded`, which applies the changes the authority check decoded
+//!   instead of having Automerge decode the message a second time.
 //! - Reading facts: `merge/read.rs` reads each map of a document once (`map_range`) instead of
 //!   a seek per field; reading a device's facts after every merge was most of a pass.
 //! - Other hub processes learn what a pass wrote from a `NOTIFY` sent at commit
@@ -64,12 +69,24 @@ pub const MERGE_BATCH_MAX: usize = 1024;
 pub const DOC_CACHE_MAX: usize = 2048;
 
 /// What a session may do with a document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
     /// Its own device document: changes by its actor are applied.
     Write,
     /// A document of its branch relayed to it: it may not add changes.
     Read,
+    /// Another device's document of its branch that the session relays for its owner, with
+    /// the heads the owner signed (verified by the session: `sync_server`). Changes covered by
+    /// them are applied as the owner's own (same authority check, same projection); anything
+    /// else is refused as for [`Access::Read`].
+    Relay(Arc<[automerge::ChangeHash]>),
+}
+
+impl Access {
+    /// Whether a received message may add changes (the document's row is locked for it).
+    pub fn may_add(&self) -> bool {
+        !matches!(self, Access::Read)
+    }
 }
 
 /// What to do.
@@ -175,7 +192,7 @@ impl Merger {
 
     /// Queues `job` and waits for its answer.
     pub async fn submit(&self, job: Job) -> Done {
-        let index = shard(job.peer.branch, self.workers.len());
+        let index = shard(&job.doc, self.workers.len());
         let doc = job.doc;
         let (reply, answer) = oneshot::channel();
         let fallback = PeerDocState::new(doc);
@@ -199,10 +216,47 @@ fn failed(state: PeerDocState, reason: &str) -> Done {
     }
 }
 
-fn shard(branch: BranchId, count: usize) -> usize {
+/// The worker of a document: by its owner (a device's documents of every epoch on one worker,
+/// a branch's intents on one), so a branch's devices merge on every worker at once.
+fn shard(doc: &DocId, count: usize) -> usize {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    branch.hash(&mut hasher);
+    match doc {
+        DocId::Device { device, .. } => device.hash(&mut hasher),
+        DocId::BranchIntents { branch, .. } => branch.hash(&mut hasher),
+    }
     (hasher.finish() % count.max(1) as u64) as usize
+}
+
+/// Takes the transaction-scoped lock of each branch whose facts a pass projects, in one
+/// order (sorted keys), so two workers' passes project one branch one after the other:
+/// the cross-device steps (a return at one device closing another's rental, two epochs of
+/// one device naming the same rental) never interleave, and two passes never wait on each
+/// other's rows in opposite orders. Held until the pass commits.
+async fn lock_branches(conn: &mut PgConnection, branches: &[BranchId]) -> Result<(), String> {
+    let mut keys: Vec<i64> = branches
+        .iter()
+        .map(|branch| branch_lock_key(*branch))
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    // `unnest` yields the sorted array in order, so the locks are taken in that order.
+    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS t(k)")
+        .bind(&keys)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The advisory lock key of a branch's projection: its UUID folded to 64 bits, with a
+/// constant mixed in so it does not collide with keys other code derives from the same UUID.
+fn branch_lock_key(branch: BranchId) -> i64 {
+    const PROJECTION_LOCK_SALT: u64 = 0x6361_7274_7769_7365; // "cartwise"
+    let (high, low) = branch.as_uuid().as_u64_pair();
+    (high ^ low ^ PROJECTION_LOCK_SALT) as i64
 }
 
 /// A cached document and what was last projected from it.
@@ -480,7 +534,7 @@ async fn apply_parallel(tasks: Vec<DocTask>, parts: usize) -> Result<Vec<DocResu
 }
 
 fn writes(job: &Job) -> bool {
-    job.access == Access::Write && matches!(job.work, Work::Receive(_))
+    job.access.may_add() && matches!(job.work, Work::Receive(_))
 }
 
 fn owner_device(doc: &DocId) -> Option<DeviceId> {
@@ -573,6 +627,8 @@ async fn store_results(
     }
     let mut refused: HashMap<usize, Vec<String>> = HashMap::new();
     if !inputs.is_empty() {
+        let branches: Vec<BranchId> = inputs.iter().map(|input| input.branch).collect();
+        lock_branches(conn, &branches).await?;
         let answers = project::project_batch(conn, &inputs)
             .await
             .map_err(|e| e.to_string())?;
@@ -710,10 +766,12 @@ fn merge_doc(task: DocTask) -> DocResult {
                 let applied = match job.access {
                     Access::Write => job
                         .state
-                        .receive(&mut document, body, &actors)
+                        .receive_decoded(&mut document, body, &actors)
                         .map(|_| ())
                         .map_err(sync_error),
-                    Access::Read => receive_read_only(&mut document, &mut job.state, body, &actors),
+                    Access::Read | Access::Relay(_) => {
+                        receive_read_only(&mut document, &mut job.state, body, &actors, &job.access)
+                    }
                 };
                 received |= applied.is_ok() && job.access == Access::Write;
                 applied
@@ -778,15 +836,19 @@ fn sync_error(error: DocSyncError) -> MergeError {
     }
 }
 
-/// Receives a peer's message about a document it may only read: changes the hub already holds
-/// are dropped (the peer holds them from elsewhere), a change the hub does not hold is refused
-/// (nobody may write another's document through a relay), and the peer's heads are narrowed to
-/// those the hub knows, so the hub never asks it for changes.
+/// Receives a peer's message about a document it may only read, or relays for its owner:
+/// changes the hub already holds are dropped (the peer holds them from elsewhere); a change
+/// the hub does not hold is refused unless every such change of the message is covered by
+/// the owner's signed heads ([`Access::Relay`],
+/// `cartwise_sync_core::signed_heads::covered_incoming`), in which case they are applied
+/// through the same authority check as the owner's own messages. The peer's heads are narrowed
+/// to those the hub knows or receives, so the hub never asks it for other changes.
 fn receive_read_only(
     document: &mut Automerge,
     state: &mut PeerDocState,
     body: &SyncBody,
     actors: &HubActors,
+    access: &Access,
 ) -> Result<(), MergeError> {
     // An idle message (heads only, in the idle form) carries no changes: as it is.
     let raw = match idle_parts(&body.data) {
@@ -801,6 +863,7 @@ fn receive_read_only(
     };
     let mut message = sync::Message::decode(raw)
         .map_err(|e| MergeError::Failed(format!("malformed sync message for {}: {e}", body.doc)))?;
+    let mut incoming = std::collections::HashSet::new();
     if !message.changes.is_empty() {
         let changes = changes_in(&message).map_err(|reason| {
             MergeError::Refused(format!(
@@ -808,21 +871,36 @@ fn receive_read_only(
                 body.doc
             ))
         })?;
-        if let Some(new) = changes
+        let new: Vec<automerge::ChangeHash> = changes
             .iter()
-            .find(|c| document.get_change_by_hash(&c.hash()).is_none())
-        {
-            return Err(MergeError::Refused(format!(
-                "change {} to {} refused: this session may only read it",
-                new.hash(),
-                body.doc
-            )));
+            .map(automerge::Change::hash)
+            .filter(|hash| document.get_change_by_hash(hash).is_none())
+            .collect();
+        let relayed = match access {
+            Access::Relay(signed) if !new.is_empty() => {
+                cartwise_sync_core::signed_heads::covered_incoming(document, &changes, &new, signed)
+            }
+            _ => false,
+        };
+        match new.first() {
+            None => message.changes = sync::ChunkList::empty(),
+            // Applied below by `receive`, which checks every change's actor.
+            Some(_) if relayed => incoming.extend(new.iter().copied()),
+            Some(first) => {
+                let why = match access {
+                    Access::Relay(_) => "it is not covered by heads its owner signed",
+                    _ => "this session may only read it",
+                };
+                return Err(MergeError::Refused(format!(
+                    "change {first} to {} refused: {why}",
+                    body.doc
+                )));
+            }
         }
-        message.changes = sync::ChunkList::empty();
     }
     message
         .heads
-        .retain(|head| document.get_change_by_hash(head).is_some());
+        .retain(|head| incoming.contains(head) || document.get_change_by_hash(head).is_some());
     let narrowed = SyncBody {
         doc: body.doc,
         data: message.encode(),

@@ -11,22 +11,33 @@
 //! one changes (a merge here, an intents write, another hub process: `merge::events`) it
 //! pushes a `Sync`.
 //!
+//! Relay: a Pi holds its branch peers' documents (LAN sync) and offers them here when the
+//! peer's own link is down. It sends the owner's `SignedHeads` first; the hub checks them
+//! ([`SyncServer::on_signed_heads`]: the signer owns the document and is a device of the
+//! session's branch, its attached certificate chains to the chain CA and its serial is one the
+//! hub issued to it, neither revoked, and the signature verifies with that certificate's key)
+//! and remembers the latest per document for the session. The document's access then becomes
+//! [`Access::Relay`]: changes covered by the signed heads are merged and projected as the
+//! owner's own; anything else is refused and audited as before. A refusal repeated on one
+//! session (the same reason for the same document) is audited once.
+//!
 //! Each session keeps its sync progress per document in memory (persisted by the merge pass
 //! beside the document, so a reconnect resumes); everything else lives in Postgres.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cartwise_schema::{BranchId, Clock, DeviceId};
+use cartwise_sync_core::doc_sync::idle_parts;
 use cartwise_sync_core::identity::PeerIdentity;
 use cartwise_sync_core::message::body::{
     DocHeads, Docs, ErrorBody, LEDGER_ACK_RENTALS_MAX, LedgerAck, SyncBody,
 };
 use cartwise_sync_core::session::LocalIdentity;
 use cartwise_sync_core::{
-    DocId, Message, Output, PeerDocState, Session, SessionConfig, SessionEvent, Side, error_code,
-    refusal,
+    DocId, DocOwner, Message, Output, PeerDocState, Session, SessionConfig, SessionEvent, Side,
+    SignedHeads, error_code, refusal,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -42,6 +53,8 @@ const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 64 * 1024;
 /// Documents one session syncs at most (a branch has a few devices, each a few epochs).
 pub const SESSION_DOCS_MAX: usize = 256;
+/// Distinct refusals one session remembers having audited (beyond, the memory starts over).
+pub const SESSION_REFUSALS_MAX: usize = 256;
 
 /// What every session shares: the pool, the hub's clock, the merge workers and the branch
 /// change notifications.
@@ -65,6 +78,13 @@ struct Peer {
     states: HashMap<DocId, PeerDocState>,
     /// Other devices' branch membership, as looked up.
     same_branch: HashMap<DeviceId, bool>,
+    /// The latest verified signed heads of each document the peer relays for its owner.
+    relayed: HashMap<DocId, Arc<[automerge::ChangeHash]>>,
+    /// Refusals already audited on this session (document, reason).
+    refused: HashSet<(DocId, String)>,
+    /// Per document the peer may only read: the shared heads when the hub last answered it
+    /// with a message carrying no changes (see `on_sync`).
+    read_answered: HashMap<DocId, Vec<automerge::ChangeHash>>,
 }
 
 impl SyncServer {
@@ -138,6 +158,9 @@ impl SyncServer {
             id: peer,
             states: HashMap::new(),
             same_branch: HashMap::new(),
+            relayed: HashMap::new(),
+            refused: HashSet::new(),
+            read_answered: HashMap::new(),
         };
         let mut changes = self.events.subscribe(peer.branch);
         let mut ticket = self.admission.ticket();
@@ -255,6 +278,7 @@ impl SyncServer {
                 }
             }
             SessionEvent::SyncReceived(body) => self.on_sync(session, me, body).await,
+            SessionEvent::SignedHeads(signed) => self.on_signed_heads(session, me, signed).await,
             SessionEvent::Heartbeat(_) => self.mark_online(&peer, "").await,
             SessionEvent::Telemetry(batch) => {
                 crate::telemetry::on_batch(
@@ -299,11 +323,13 @@ impl SyncServer {
                     me.same_branch
                         .insert(*device, branch == Some(*me.id.branch.as_uuid()));
                 }
-                me.same_branch
-                    .get(device)
-                    .copied()
-                    .unwrap_or(false)
-                    .then_some(Access::Read)
+                if !me.same_branch.get(device).copied().unwrap_or(false) {
+                    return None;
+                }
+                Some(match me.relayed.get(doc) {
+                    Some(heads) => Access::Relay(Arc::clone(heads)),
+                    None => Access::Read,
+                })
             }
             DocId::BranchIntents { branch, .. } => {
                 (*branch == me.id.branch).then_some(Access::Read)
@@ -402,6 +428,7 @@ impl SyncServer {
             }));
             return;
         };
+        let read_only = matches!(access, Access::Read);
         let done = self
             .merger
             .submit(Job {
@@ -419,7 +446,9 @@ impl SyncServer {
         }
         match done.outcome {
             Ok(merged) => {
-                if let Some(reply) = merged.reply {
+                if let Some(reply) = merged.reply
+                    && !(read_only && repeats_read_only_answer(me, &reply))
+                {
                     let _ = session.send(Message::Sync(reply));
                 }
                 for rentals in merged.acked.chunks(LEDGER_ACK_RENTALS_MAX) {
@@ -438,7 +467,21 @@ impl SyncServer {
                     .await;
                 }
             }
-            Err(MergeError::Refused(reason)) => self.refuse(session, &peer, doc, reason).await,
+            Err(MergeError::Refused(reason)) => {
+                if me.refused.insert((doc, reason.clone())) {
+                    if me.refused.len() >= SESSION_REFUSALS_MAX {
+                        me.refused.clear();
+                    }
+                    self.refuse(session, &peer, doc, reason).await;
+                } else {
+                    // Audited already on this session: only answered.
+                    let _ = session.send(Message::Error(ErrorBody {
+                        code: error_code::AUTHORITY,
+                        reason,
+                        doc: Some(doc),
+                    }));
+                }
+            }
             Err(MergeError::Failed(reason)) => {
                 tracing::error!(%reason, %doc, "merging a sync message failed");
                 let _ = session.send(Message::Error(ErrorBody {
@@ -447,6 +490,77 @@ impl SyncServer {
                     doc: Some(doc),
                 }));
             }
+        }
+    }
+
+    /// A relay's signed heads of another device's document: checked, then remembered for the
+    /// session (the latest per document). Refused heads are audited (once per reason) and
+    /// answered with `Error{AUTHORITY}`; the document stays read-only for the session.
+    async fn on_signed_heads(&self, session: &mut Session, me: &mut Peer, signed: SignedHeads) {
+        let peer = me.id;
+        let doc = signed.doc;
+        match self.check_signed_heads(me, &signed).await {
+            Ok(()) => {
+                if me.relayed.len() >= SESSION_DOCS_MAX && !me.relayed.contains_key(&doc) {
+                    me.relayed.clear();
+                }
+                me.relayed.insert(doc, signed.change_hashes().into());
+            }
+            Err(reason) => {
+                let first = me.refused.insert((doc, reason.clone()));
+                if me.refused.len() >= SESSION_REFUSALS_MAX {
+                    me.refused.clear();
+                }
+                if first {
+                    self.audit(
+                        &peer,
+                        "sync.refused_signed_heads",
+                        Some(doc.to_string()),
+                        json!({ "reason": reason, "signer": signed.signer.to_string() }),
+                    )
+                    .await;
+                }
+                let _ = session.send(Message::Error(ErrorBody {
+                    code: error_code::AUTHORITY,
+                    reason,
+                    doc: Some(doc),
+                }));
+            }
+        }
+    }
+
+    /// Why `signed` may not vouch for relayed changes on this session, if it may not.
+    async fn check_signed_heads(&self, me: &mut Peer, signed: &SignedHeads) -> Result<(), String> {
+        let peer = me.id;
+        let doc = signed.doc;
+        match doc.owner() {
+            DocOwner::Device(owner) if owner != peer.device => {}
+            _ => {
+                return Err(format!(
+                    "device {} may relay signed heads only of another device's document, not {doc}",
+                    peer.device
+                ));
+            }
+        }
+        if !matches!(
+            self.access(me, &doc).await,
+            Some(Access::Read | Access::Relay(_))
+        ) {
+            return Err(format!(
+                "{doc} is not a document of branch {}; its heads cannot be relayed here",
+                peer.branch
+            ));
+        }
+        let ca = crate::pki::load_or_create_chain_ca(&self.pool, peer.chain)
+            .await
+            .map_err(|error| format!("the chain CA cannot be read: {error}"))?;
+        let (identity, serial) = signed
+            .verify_with_chain(&ca.cert_der, peer, crate::pki::unix_now())
+            .map_err(|error| error.to_string())?;
+        match crate::pki::check_device_allowed(&self.pool, &identity, &serial).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refusal)) => Err(format!("the signer {}: {refusal}", identity.device)),
+            Err(error) => Err(format!("the signer could not be checked: {error}")),
         }
     }
 
@@ -506,6 +620,39 @@ impl SyncServer {
     }
 }
 
+/// Whether `reply` to a read-only peer would only repeat the hub's last answer: it carries no
+/// changes and the heads both sides share have not moved since. A peer holding changes the hub
+/// may not take (another device's, without its signed heads) keeps announcing heads the hub
+/// does not have; answering each announcement again would ping-pong forever, since the peer
+/// never resends what it already sent. New changes still reach it (a reply carrying changes,
+/// or the `Generate` when the document changes). Found by the simulation
+/// (`sim/src/world/deliver.rs`, the same rule).
+fn repeats_read_only_answer(me: &mut Peer, reply: &SyncBody) -> bool {
+    let full = match idle_parts(&reply.data) {
+        Some((_, full)) => full,
+        None => &reply.data[..],
+    };
+    let carries_changes = !full.is_empty()
+        && automerge::sync::Message::decode(full).is_ok_and(|m| !m.changes.is_empty());
+    if carries_changes {
+        return false;
+    }
+    let shared = me
+        .states
+        .get(&reply.doc)
+        .map(|state| state.shared_heads().to_vec())
+        .unwrap_or_default();
+    if me.read_answered.get(&reply.doc) == Some(&shared) {
+        return true;
+    }
+    // Bounded like the session's document states.
+    if me.read_answered.len() >= SESSION_DOCS_MAX {
+        me.read_answered.clear();
+    }
+    me.read_answered.insert(reply.doc, shared);
+    false
+}
+
 /// Marks devices offline whose last heartbeat is older than three heartbeat intervals.
 pub async fn sweep_offline(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
@@ -524,5 +671,87 @@ fn relayed_in_branch(peer: &PeerIdentity, doc: &DocId) -> bool {
     match doc {
         DocId::Device { device, .. } => *device != peer.device,
         DocId::BranchIntents { branch, .. } => *branch == peer.branch,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT};
+    use cartwise_schema::ChainId;
+    use cartwise_sync_core::HubActors;
+    use cartwise_sync_core::identity::Role;
+
+    use super::*;
+
+    fn peer() -> Peer {
+        Peer {
+            id: PeerIdentity {
+                role: Role::Device,
+                chain: ChainId::parse("0b1e3c2a-0000-4000-8000-000000000001").unwrap(),
+                branch: BranchId::parse("0b1e3c2a-0000-4000-8000-000000000002").unwrap(),
+                device: DeviceId::parse("0b1e3c2a-0000-4000-8000-000000000003").unwrap(),
+            },
+            states: HashMap::new(),
+            same_branch: HashMap::new(),
+            relayed: HashMap::new(),
+            refused: HashSet::new(),
+            read_answered: HashMap::new(),
+        }
+    }
+
+    /// What the hub says when it has nothing new: its heads only.
+    fn heads_only(doc: DocId, hub: &mut AutoCommit) -> SyncBody {
+        SyncBody {
+            doc,
+            data: automerge::sync::Message {
+                heads: hub.get_heads(),
+                need: Vec::new(),
+                have: Vec::new(),
+                changes: automerge::sync::ChunkList::empty(),
+                flags: None,
+                version: automerge::sync::MessageVersion::V1,
+            }
+            .encode(),
+        }
+    }
+
+    #[test]
+    fn a_read_only_peer_is_answered_again_only_when_something_moved() {
+        let owner = DeviceId::parse("0b1e3c2a-0000-4000-8000-000000000004").unwrap();
+        let doc = DocId::device(owner);
+        // The hub's copy of the owner's document (the owner's changes).
+        let mut hub = AutoCommit::new().with_actor(cartwise_sync_core::device_actor(&owner));
+        hub.put(ROOT, "schema", 1).unwrap();
+        hub.commit();
+        let mut me = peer();
+        me.states.insert(doc, PeerDocState::new(doc));
+
+        // Nothing new to say at the same shared heads: answered once, then not again.
+        let idle = heads_only(doc, &mut hub);
+        assert!(
+            !repeats_read_only_answer(&mut me, &idle),
+            "first answer at these heads"
+        );
+        assert!(
+            repeats_read_only_answer(&mut me, &idle),
+            "the same answer again"
+        );
+        assert!(repeats_read_only_answer(&mut me, &idle), "and again");
+
+        // A reply carrying the owner's changes is always sent.
+        let actors = HubActors::new([]);
+        let mut theirs = AutoCommit::new();
+        let mut their_state = PeerDocState::new(doc);
+        let state = me.states.get_mut(&doc).unwrap();
+        let first = state.generate(&mut hub).unwrap().unwrap();
+        their_state.receive(&mut theirs, &first, &actors).unwrap();
+        let back = their_state.generate(&mut theirs).unwrap().unwrap();
+        state.receive(&mut hub, &back, &actors).unwrap();
+        let with_changes = state.generate(&mut hub).unwrap().unwrap();
+        assert!(!repeats_read_only_answer(&mut me, &with_changes));
+        assert!(!repeats_read_only_answer(&mut me, &with_changes));
     }
 }

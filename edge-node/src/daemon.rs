@@ -121,7 +121,7 @@ pub async fn spawn(
         Arc::clone(&link),
         StdRng::from_rng(&mut rng),
     );
-    let lan_link = Arc::new(LanLink::default());
+    let lan_link = Arc::new(LanLink::relaying(link.relay()));
     kiosk.lan = Arc::clone(&lan_link);
     let kiosk = Arc::new(kiosk);
     let lan_socket = peers::bind(&config.lan).with_context(|| {

@@ -302,6 +302,15 @@ pub fn lan_client_config(identity: &EdgeIdentity) -> Result<quinn::ClientConfig,
     quic_client(identity::branch_peer_client_config(&identity.credentials)?)
 }
 
+/// The verified end-entity certificate (DER) of a connection's peer (a LAN peer, either side).
+pub fn peer_cert_der(connection: &quinn::Connection) -> Option<Vec<u8>> {
+    let certs = connection
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    Some(certs.first()?.as_ref().to_vec())
+}
+
 /// The verified identity of a connection's peer (a LAN peer, on either side).
 pub fn peer_identity(connection: &quinn::Connection) -> Option<PeerIdentity> {
     let certs = connection
@@ -309,4 +318,61 @@ pub fn peer_identity(connection: &quinn::Connection) -> Option<PeerIdentity> {
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
     PeerIdentity::from_cert_der(certs.first()?).ok()
+}
+
+/// Signs the heads of this device's own facts document with the key of its certificate, so a
+/// branch peer can relay the document to the hub (`cartwise_sync_core::signed_heads`).
+pub struct HeadsKey {
+    key: rcgen::KeyPair,
+    device: cartwise_schema::DeviceId,
+    cert_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for HeadsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadsKey")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeadsKey {
+    /// The signer of an enrolled identity.
+    pub fn new(identity: &EdgeIdentity) -> Result<Self, IdentityError> {
+        let key = rcgen::KeyPair::try_from(&identity.credentials.key).map_err(|error| {
+            IdentityError::Damaged {
+                path: PathBuf::from(IDENTITY_FILE),
+                reason: format!("the device key cannot sign: {error}"),
+            }
+        })?;
+        Ok(HeadsKey {
+            key,
+            device: identity.credentials.identity.device,
+            cert_der: identity.credentials.cert.as_ref().to_vec(),
+        })
+    }
+
+    /// `heads` of `doc` (this device's own document), signed, with the certificate attached.
+    pub fn sign_heads(
+        &self,
+        doc: cartwise_sync_core::DocId,
+        heads: &[cartwise_sync_core::message::Head],
+    ) -> cartwise_sync_core::SignedHeads {
+        cartwise_sync_core::SignedHeads::sign_with_cert(doc, heads, self, self.cert_der.clone())
+    }
+}
+
+impl cartwise_sync_core::HeadsSigner for HeadsKey {
+    fn signer(&self) -> cartwise_schema::DeviceId {
+        self.device
+    }
+
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        // ECDSA needs randomness; if the system cannot give any, the empty signature is
+        // refused by every verifier and the relay waits for the next heads.
+        rcgen::SigningKey::sign(&self.key, message).unwrap_or_else(|error| {
+            tracing::warn!(%error, "signing this device's heads failed");
+            Vec::new()
+        })
+    }
 }

@@ -16,6 +16,16 @@
 //! device id. When the peer's document changes, the engine folds it (`engine::fold`): a return
 //! here of one of this device's rentals closes it.
 //!
+//! Relay to the hub (`cartwise_sync_core::signed_heads`): with a peer that has the
+//! `signed-heads` capability, a Pi signs the heads of its own document with its certificate's
+//! key and sends `SignedHeads` before any `Sync` of that document whose heads changed since it
+//! last signed (only the latest heads, never one per write). The receiving Pi verifies them
+//! with the key of the certificate the peer presented in the TLS handshake and keeps the latest
+//! verified ones per document, with that certificate, in [`RelayHeads`] (memory only, at most
+//! [`HELD_DOCS_MAX`] documents: a restarted Pi gets them again when the peer's session
+//! reopens). The uplink sends them to the hub before offering the peer's document, so the hub
+//! accepts the peer's changes from this Pi when the peer's own link is down.
+//!
 //! One session per peer device at a time, whichever side dialled: a second one is told to come
 //! back later (`Busy`).
 //!
@@ -29,7 +39,7 @@
 //!
 //! Nothing here is needed to lend or return at this Pi.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,19 +47,19 @@ use std::time::Duration;
 
 use cartwise_schema::{Clock, DeviceId};
 use cartwise_sync_core::identity::PeerIdentity;
-use cartwise_sync_core::message::body::{DocHeads, Docs, ErrorBody, Role, SyncBody};
-use cartwise_sync_core::session::LocalIdentity;
+use cartwise_sync_core::message::body::{DocHeads, Docs, ErrorBody, Head, Role, SyncBody};
+use cartwise_sync_core::session::{LocalIdentity, capability};
 use cartwise_sync_core::{
-    CloseReason, DocId, Message, Output, Session, SessionConfig, SessionEvent, Side, error_code,
-    refusal,
+    CertVerifier, CloseReason, DocId, Message, Output, Session, SessionConfig, SessionEvent, Side,
+    SignedHeads, error_code, refusal,
 };
 use rand::RngExt as _;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::LanSection;
-use crate::engine::{Engine, SyncPeer};
-use crate::identity::{self, EdgeIdentity, LAN_SERVER_NAME};
+use crate::engine::{Engine, HELD_DOCS_MAX, SyncPeer};
+use crate::identity::{self, EdgeIdentity, HeadsKey, LAN_SERVER_NAME};
 use crate::store::StoreError;
 use crate::uplink::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT};
 
@@ -68,13 +78,84 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Bytes read from the stream at once.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// The branch peers in session now (for `/health`).
+/// The latest verified signed heads of each branch peer's document this Pi holds, each with
+/// the certificate that verified it: what the uplink sends the hub before offering that
+/// document. Shared by the LAN sessions (which fill it) and the uplink (which reads it).
+#[derive(Debug)]
+pub struct RelayHeads {
+    held: Mutex<HashMap<DocId, SignedHeads>>,
+    /// Bumped on every change, so the uplink learns of new heads while in session.
+    version: watch::Sender<u64>,
+}
+
+impl Default for RelayHeads {
+    fn default() -> Self {
+        RelayHeads {
+            held: Mutex::new(HashMap::new()),
+            version: watch::Sender::new(0),
+        }
+    }
+}
+
+impl RelayHeads {
+    /// Keeps `signed` as the latest of its document (it must be verified). Refused (`false`)
+    /// when [`HELD_DOCS_MAX`] other documents are held already.
+    pub fn keep(&self, signed: SignedHeads) -> bool {
+        let Ok(mut held) = self.held.lock() else {
+            return false;
+        };
+        if !held.contains_key(&signed.doc) && held.len() >= HELD_DOCS_MAX {
+            return false;
+        }
+        if held.get(&signed.doc) == Some(&signed) {
+            return true;
+        }
+        held.insert(signed.doc, signed);
+        drop(held);
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
+        true
+    }
+
+    /// The latest signed heads of `doc`, if held.
+    pub fn get(&self, doc: &DocId) -> Option<SignedHeads> {
+        self.held.lock().ok()?.get(doc).cloned()
+    }
+
+    /// Every held signed heads.
+    pub fn all(&self) -> Vec<SignedHeads> {
+        self.held
+            .lock()
+            .map(|held| held.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Wakes on every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}
+
+/// The branch peers in session now (for `/health`), and the signed heads they sent.
 #[derive(Debug, Default)]
 pub struct LanLink {
     sessions: Mutex<BTreeSet<DeviceId>>,
+    relay: Arc<RelayHeads>,
 }
 
 impl LanLink {
+    /// A link whose sessions keep their peers' signed heads in `relay` (shared with the uplink).
+    pub fn relaying(relay: Arc<RelayHeads>) -> Self {
+        LanLink {
+            sessions: Mutex::new(BTreeSet::new()),
+            relay,
+        }
+    }
+
+    /// The peers' signed heads held here.
+    pub fn relay(&self) -> Arc<RelayHeads> {
+        Arc::clone(&self.relay)
+    }
+
     /// How many peers are in session.
     pub fn connected(&self) -> usize {
         self.sessions.lock().map(|set| set.len()).unwrap_or(0)
@@ -290,6 +371,7 @@ impl Node {
             }
             let peer = verified_peer(&conn, me)?;
             self.refuse_revoked(&conn, peer).await?;
+            let peer_cert = identity::peer_cert_der(&conn);
             let (send, recv) = tokio::time::timeout(CONNECT_TIMEOUT, conn.accept_bi())
                 .await
                 .map_err(|_| PeerError::Connection("no stream opened".into()))?
@@ -299,6 +381,7 @@ impl Node {
                 .session(
                     me,
                     peer,
+                    peer_cert,
                     Side::Responder,
                     claim.is_some(),
                     send,
@@ -410,8 +493,18 @@ impl Node {
             .open_bi()
             .await
             .map_err(|e| PeerError::Connection(e.to_string()))?;
+        let peer_cert = identity::peer_cert_der(&conn);
         let result = self
-            .session(me, peer, Side::Initiator, true, send, recv, stopped.clone())
+            .session(
+                me,
+                peer,
+                peer_cert,
+                Side::Initiator,
+                true,
+                send,
+                recv,
+                stopped.clone(),
+            )
             .await;
         drop(claim);
         conn.close(0u32.into(), b"done");
@@ -445,6 +538,7 @@ impl Node {
         &self,
         me: PeerIdentity,
         peer: PeerIdentity,
+        peer_cert: Option<Vec<u8>>,
         side: Side,
         admit: bool,
         mut send: quinn::SendStream,
@@ -463,6 +557,7 @@ impl Node {
         let mut session = Session::new(SessionConfig::new(side), local, clock.read());
         let own = engine.document_id();
         let name = peer.device.to_string();
+        let mut signing = Signing::new(&self.data_dir, peer_cert);
         if side == Side::Initiator {
             // Pipelined behind the Hello: an idle reconnect is one round trip.
             let _ = session.send(Message::Docs(Docs {
@@ -492,7 +587,16 @@ impl Node {
                         .map_err(|e| PeerError::Connection(e.to_string()))?,
                     Output::Event(event) => {
                         if let Some(wait) = self
-                            .on_event(&mut session, side, me, peer, admit, &name, event)
+                            .on_event(
+                                &mut session,
+                                &mut signing,
+                                side,
+                                me,
+                                peer,
+                                admit,
+                                &name,
+                                event,
+                            )
                             .await?
                         {
                             hint = Some(wait);
@@ -520,6 +624,7 @@ impl Node {
                         return Ok(None);
                     }
                     let own = engine.document_id();
+                    self.sign_own(&mut session, &mut signing).await?;
                     if let Some(body) = engine.sync_generate_doc(name.clone(), own).await? {
                         let _ = session.send(Message::Sync(body));
                     }
@@ -556,6 +661,7 @@ impl Node {
     async fn on_event(
         &self,
         session: &mut Session,
+        signing: &mut Signing,
         side: Side,
         me: PeerIdentity,
         peer: PeerIdentity,
@@ -595,7 +701,9 @@ impl Node {
                     return Ok(None);
                 }
                 if session.admit(self.clock.read()).is_ok() {
-                    // Admitted as responder: offer this device's document.
+                    // Admitted as responder: offer this device's document, its signed heads
+                    // first.
+                    self.sign_own(session, signing).await?;
                     let own = self.engine.document_id();
                     if let Some(body) = self.engine.sync_generate_doc(name.to_owned(), own).await? {
                         let _ = session.send(Message::Sync(body));
@@ -604,8 +712,18 @@ impl Node {
             }
             SessionEvent::Established { .. } => {
                 tracing::info!(peer = %peer.device, "in session with a branch peer");
+                self.sign_own(session, signing).await?;
             }
-            SessionEvent::SyncReceived(body) => self.on_sync(session, me, peer, name, body).await?,
+            SessionEvent::SyncReceived(body) => {
+                if body.doc == self.engine.document_id() {
+                    // The peer asks for this device's document: the answer may carry changes.
+                    self.sign_own(session, signing).await?;
+                }
+                self.on_sync(session, me, peer, name, body).await?
+            }
+            SessionEvent::SignedHeads(signed) => {
+                self.on_signed_heads(session, signing, peer, signed)
+            }
             SessionEvent::PeerError(error) => {
                 tracing::warn!(peer = %peer.device, code = error.code, reason = %error.reason, "a branch peer reported an error");
             }
@@ -621,6 +739,83 @@ impl Node {
             _ => {}
         }
         Ok(None)
+    }
+
+    /// Sends the signed heads of this device's document if they changed since last sent on
+    /// this session (and the peer reads them).
+    async fn sign_own(
+        &self,
+        session: &mut Session,
+        signing: &mut Signing,
+    ) -> Result<(), PeerError> {
+        let Some(key) = &signing.key else {
+            return Ok(());
+        };
+        if !session.is_established()
+            || !session
+                .capabilities()
+                .iter()
+                .any(|cap| cap == capability::SIGNED_HEADS)
+        {
+            return Ok(());
+        }
+        let (doc, heads) = self
+            .engine
+            .store()
+            .transact(|_, state| {
+                let heads: Vec<Head> = state.live.heads().into_iter().map(Head::from).collect();
+                Ok((state.live.doc_id(), heads))
+            })
+            .await?;
+        if signing.sent.as_ref() == Some(&(doc, heads.clone())) {
+            return Ok(());
+        }
+        let signed = key.sign_heads(doc, &heads);
+        if session.send(Message::SignedHeads(signed)).is_ok() {
+            signing.sent = Some((doc, heads));
+        }
+        Ok(())
+    }
+
+    /// A peer's signed heads of its own document: verified with the key of the certificate it
+    /// presented, then kept (with that certificate) for the uplink to relay.
+    fn on_signed_heads(
+        &self,
+        session: &mut Session,
+        signing: &Signing,
+        peer: PeerIdentity,
+        mut signed: SignedHeads,
+    ) {
+        let doc = signed.doc;
+        let verified = match &signing.peer_key {
+            None => Err("no certificate of the peer to verify with".to_owned()),
+            Some(_) if signed.doc.owner() != cartwise_sync_core::DocOwner::Device(peer.device) => {
+                Err(format!(
+                    "device {} may sign only the heads of its own document, not {doc}",
+                    peer.device
+                ))
+            }
+            Some((verifier, cert)) => signed
+                .verify(verifier)
+                .map(|()| cert.clone())
+                .map_err(|error| error.to_string()),
+        };
+        match verified {
+            Ok(cert) => {
+                signed.signer_cert = Some(cert);
+                if !self.link.relay.keep(signed) {
+                    tracing::warn!(peer = %peer.device, %doc, "signed heads not kept: too many documents held for relay");
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(peer = %peer.device, %doc, %reason, "refused a branch peer's signed heads");
+                let _ = session.send(Message::Error(ErrorBody {
+                    code: error_code::AUTHORITY,
+                    reason,
+                    doc: Some(doc),
+                }));
+            }
+        }
     }
 
     /// A peer's sync message: only for its own document, or (without changes) for this one.
@@ -657,6 +852,35 @@ impl Node {
             }
         }
         Ok(())
+    }
+}
+
+/// One session's signing: this device's key, the heads last signed on the session, and the
+/// key of the certificate the peer presented.
+struct Signing {
+    key: Option<HeadsKey>,
+    sent: Option<(DocId, Vec<Head>)>,
+    peer_key: Option<(CertVerifier, Vec<u8>)>,
+}
+
+impl Signing {
+    fn new(data_dir: &std::path::Path, peer_cert: Option<Vec<u8>>) -> Self {
+        let key = identity::load(data_dir)
+            .and_then(|identity| HeadsKey::new(&identity))
+            .map_err(|error| tracing::warn!(%error, "this device cannot sign its heads; branch peers cannot relay its document"))
+            .ok();
+        let peer_key = peer_cert.and_then(|cert| match CertVerifier::new(&cert) {
+            Ok(verifier) => Some((verifier, cert)),
+            Err(error) => {
+                tracing::warn!(%error, "a branch peer's certificate has no usable key");
+                None
+            }
+        });
+        Signing {
+            key,
+            sent: None,
+            peer_key,
+        }
     }
 }
 

@@ -4,9 +4,17 @@
 //! A thin shell: the session logic is `cartwise_sync_core::Session`, the decisions the
 //! engine's.
 //!
+//! Relay: the other devices' documents this Pi holds are offered to the hub too. For a branch
+//! peer's document whose signed heads this Pi holds (`peers::RelayHeads`, filled by the LAN
+//! sessions), the `SignedHeads` go first (at admission, and again whenever newer ones arrive,
+//! followed by a `Sync` of that document), so the hub accepts the peer's changes through this
+//! Pi while the peer's own link is down. Such documents are opened after admission, never
+//! pipelined before it (`SignedHeads` cannot be).
+//!
 //! Nothing here is needed to lend or return: when the hub is unreachable the node keeps
 //! working and this task keeps retrying.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +22,9 @@ use std::time::Duration;
 
 use cartwise_schema::Clock;
 use cartwise_sync_core::identity::HUB_SERVER_NAME;
-use cartwise_sync_core::message::body::{DOCS_PER_MESSAGE_MAX, DocHeads, Docs, ErrorBody, Role};
+use cartwise_sync_core::message::body::{
+    DOCS_PER_MESSAGE_MAX, DocHeads, Docs, ErrorBody, Head, Role,
+};
 use cartwise_sync_core::session::LocalIdentity;
 use cartwise_sync_core::{
     DocId, Message, Output, Session, SessionConfig, SessionEvent, Side, error_code,
@@ -25,6 +35,7 @@ use tokio::sync::watch;
 use crate::engine::{Engine, SyncPeer};
 use crate::identity::{self, EdgeIdentity};
 use crate::outbox::{self, Outbox};
+use crate::peers::RelayHeads;
 use crate::store::StoreError;
 
 /// First wait after a failed connection.
@@ -39,16 +50,54 @@ pub const PIPELINED_SYNCS_MAX: usize = cartwise_sync_core::session::PIPELINED_MA
 /// The peer name sync progress with the hub is stored under.
 pub const HUB_PEER: &str = "hub";
 
-/// Whether the node is in session with the hub (for `/health`).
+/// Whether the node is in session with the hub (for `/health`), and the branch peers' signed
+/// heads to relay.
 #[derive(Debug, Default)]
 pub struct HubLink {
     connected: AtomicBool,
+    relay: Arc<RelayHeads>,
 }
 
 impl HubLink {
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
+
+    /// The branch peers' signed heads this link relays (give it to the LAN sessions:
+    /// `peers::LanLink::relaying`).
+    pub fn relay(&self) -> Arc<RelayHeads> {
+        Arc::clone(&self.relay)
+    }
+}
+
+/// Sends the signed heads held for relay that this session has not sent yet (or older ones),
+/// each followed by a `Sync` of its document when `open` (a document opened later gets its
+/// `Sync` then). Returns nothing: a refusal by the session (capability not negotiated) only
+/// means the hub reads the document without relayed changes.
+async fn send_relay_heads(
+    engine: &Engine,
+    session: &mut Session,
+    relay: &RelayHeads,
+    sent: &mut HashMap<DocId, Vec<Head>>,
+    open: bool,
+) -> Result<(), String> {
+    for signed in relay.all() {
+        if sent.get(&signed.doc) == Some(&signed.heads) {
+            continue;
+        }
+        let (doc, heads) = (signed.doc, signed.heads.clone());
+        if session.send(Message::SignedHeads(signed)).is_err() {
+            continue;
+        }
+        if sent.len() >= crate::engine::HELD_DOCS_MAX {
+            sent.clear();
+        }
+        sent.insert(doc, heads);
+        if open {
+            open_doc(engine, session, doc).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs until `stopped`; waits for an enrollment if the node has none yet.
@@ -148,10 +197,18 @@ async fn session(
     let _ = session.send(Message::Docs(Docs {
         docs: listing.into_iter().take(DOCS_PER_MESSAGE_MAX).collect(),
     }));
-    let (pipelined, mut deferred) = docs.split_at(docs.len().min(PIPELINED_SYNCS_MAX));
+    // A document with signed heads to relay opens after them, once admitted.
+    let (relayed, direct): (Vec<DocId>, Vec<DocId>) = docs
+        .into_iter()
+        .partition(|doc| link.relay.get(doc).is_some());
+    let (pipelined, rest) = direct.split_at(direct.len().min(PIPELINED_SYNCS_MAX));
     for doc in pipelined {
         open_doc(engine, &mut session, *doc).await?;
     }
+    let mut deferred: Vec<DocId> = rest.iter().copied().chain(relayed).collect();
+    let mut relay_changed = link.relay.subscribe();
+    relay_changed.mark_unchanged();
+    let mut relay_sent: HashMap<DocId, Vec<Head>> = HashMap::new();
     let changed = engine.document_changed().await;
     let mut buf = vec![0u8; 64 * 1024];
     let mut hint = None;
@@ -163,8 +220,10 @@ async fn session(
                     SessionEvent::Established { .. } => {
                         link.connected.store(true, Ordering::Relaxed);
                         tracing::info!(hub = %identity.hub, "in session with the hub");
+                        send_relay_heads(engine, &mut session, &link.relay, &mut relay_sent, false)
+                            .await?;
                         for doc in std::mem::take(&mut deferred) {
-                            open_doc(engine, &mut session, *doc).await?;
+                            open_doc(engine, &mut session, doc).await?;
                         }
                         outbox::drain_into(outbox, &mut session).await;
                     }
@@ -250,6 +309,11 @@ async fn session(
                 }
             }
             () = outbox.ready(), if session.is_established() => outbox::drain_into(outbox, &mut session).await,
+            seen = relay_changed.changed(), if session.is_established() => {
+                if seen.is_ok() {
+                    send_relay_heads(engine, &mut session, &link.relay, &mut relay_sent, true).await?;
+                }
+            }
             () = tokio::time::sleep(wait) => session.handle_timeout(clock.read()).map_err(|e| e.to_string())?,
             () = wait_stopped(stopped) => {
                 session.close("the node is stopping");

@@ -112,6 +112,25 @@ fn idle_message(heads: Vec<ChangeHash>) -> sync::Message {
     }
 }
 
+/// The shared heads after applying changes that moved the document's heads from `before` to
+/// `after`: the new heads, and the shared ones that are still heads (what Automerge's receive
+/// computes when a message carries changes).
+fn advance_heads(
+    before: &[ChangeHash],
+    after: &[ChangeHash],
+    shared: &[ChangeHash],
+) -> Vec<ChangeHash> {
+    let mut advanced: Vec<ChangeHash> = after
+        .iter()
+        .filter(|head| !before.contains(head))
+        .chain(shared.iter().filter(|head| after.contains(head)))
+        .copied()
+        .collect();
+    advanced.sort();
+    advanced.dedup();
+    advanced
+}
+
 /// Largest encoded Automerge sync message sent in one `Sync` body: a frame minus room for the
 /// envelope and the document id. Documents are rotated long before they approach it.
 pub const SYNC_DATA_LEN_MAX: usize = FRAME_LEN_MAX - 4096;
@@ -315,36 +334,108 @@ impl PeerDocState {
                 found: body.doc,
             });
         }
-        let message = match idle_parts(&body.data) {
-            Some((digest, [])) => {
-                match self.rebuild_idle(document, digest) {
-                    Some(message) => message,
-                    None => {
-                        // Heads we do not know: answer with a whole message.
-                        self.reset_in_flight();
-                        self.whole_next = true;
-                        return Ok(Received {
-                            changes_checked: 0,
-                            heads_changed: false,
-                        });
-                    }
-                }
-            }
-            Some((_, full)) => self.decode_message(full)?,
-            None => self.decode_message(&body.data)?,
+        let Some(message) = self.message_of(document, body)? else {
+            return Ok(Received {
+                changes_checked: 0,
+                heads_changed: false,
+            });
         };
         let changes = check_sync_message(&self.doc, &message, hub_actors)?;
         let before = document.current_heads();
         document
             .receive_message(&mut self.state, message)
-            .map_err(|error| DocSyncError::Apply {
-                doc: self.doc,
-                reason: error.to_string(),
-            })?;
+            .map_err(|error| self.apply_error(error))?;
         Ok(Received {
             changes_checked: changes.len(),
             heads_changed: document.current_heads() != before,
         })
+    }
+
+    /// [`receive`](Self::receive) for an [`Automerge`] document (the hub's), decoding the
+    /// message's changes once: the changes the authority check decoded are the ones applied
+    /// (`Automerge::apply_changes`), where `receive` has Automerge decode the same chunks a
+    /// second time. Same contract and same resulting sync state: a malformed or refused
+    /// message applies nothing and leaves the state unchanged; a read-only state applies no
+    /// changes.
+    ///
+    /// Automerge's own receive applies the chunks, then advances the shared heads over what
+    /// they added, then reads the rest of the message. Here the checked changes are applied
+    /// and the shared heads advanced the same way, then Automerge reads the message without
+    /// its changes; the one thing it would do differently for a message without changes
+    /// (note the peer's heads as the last ones sent to it) is undone.
+    pub fn receive_decoded(
+        &mut self,
+        document: &mut Automerge,
+        body: &SyncBody,
+        hub_actors: &HubActors,
+    ) -> Result<Received, DocSyncError> {
+        if body.doc != self.doc {
+            return Err(DocSyncError::WrongDoc {
+                expected: self.doc,
+                found: body.doc,
+            });
+        }
+        let Some(mut message) = self.message_of(document, body)? else {
+            return Ok(Received {
+                changes_checked: 0,
+                heads_changed: false,
+            });
+        };
+        let changes = check_sync_message(&self.doc, &message, hub_actors)?;
+        let changes_checked = changes.len();
+        let before = document.get_heads();
+        if message.changes.is_empty() {
+            document
+                .receive_sync_message(&mut self.state, message)
+                .map_err(|error| self.apply_error(error))?;
+        } else {
+            message.changes = sync::ChunkList::empty();
+            if !self.state.read_only {
+                document
+                    .apply_changes(changes)
+                    .map_err(|error| self.apply_error(error))?;
+                let after = document.get_heads();
+                self.state.shared_heads = advance_heads(&before, &after, &self.state.shared_heads);
+            }
+            let last_sent_heads = self.state.last_sent_heads.clone();
+            document
+                .receive_sync_message(&mut self.state, message)
+                .map_err(|error| self.apply_error(error))?;
+            self.state.last_sent_heads = last_sent_heads;
+        }
+        Ok(Received {
+            changes_checked,
+            heads_changed: document.get_heads() != before,
+        })
+    }
+
+    /// The Automerge message a body stands for, or `None` for an idle digest of heads this
+    /// side does not know (the state is then set to answer with a whole message).
+    fn message_of(
+        &mut self,
+        document: &mut impl SyncDocument,
+        body: &SyncBody,
+    ) -> Result<Option<sync::Message>, DocSyncError> {
+        Ok(match idle_parts(&body.data) {
+            Some((digest, [])) => {
+                let message = self.rebuild_idle(document, digest);
+                if message.is_none() {
+                    // Heads we do not know: answer with a whole message.
+                    self.reset_in_flight();
+                    self.whole_next = true;
+                }
+                message
+            }
+            Some((_, full)) => Some(self.decode_message(full)?),
+            None => Some(self.decode_message(&body.data)?),
+        })
+    }
+
+    fn apply_error(&self, error: AutomergeError) -> DocSyncError {
+        DocSyncError::Apply {
+            doc: self.doc,
+            reason: error.to_string(),
+        }
     }
 
     fn decode_message(&self, data: &[u8]) -> Result<sync::Message, DocSyncError> {
@@ -385,3 +476,6 @@ impl PeerDocState {
         self.state.shared_heads = shared_heads;
     }
 }
+
+#[cfg(test)]
+mod tests;

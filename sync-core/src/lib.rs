@@ -209,5 +209,7 @@ pub use doc_sync::{DocSyncError, PeerDocState, SyncDocument};
 pub use frame::{FRAME_LEN_MAX, FrameDecoder, FrameError};
 pub use message::{Message, MessageError, MessageKind};
 pub use session::{CloseReason, Output, Session, SessionConfig, SessionError, SessionEvent, Side};
-pub use signed_heads::{HeadsSigner, HeadsVerifier, SignedHeads, covered};
+pub use signed_heads::{
+    CertVerifier, HeadsSigner, HeadsVerifier, SignedHeads, covered, covered_incoming,
+};
 pub mod identity;

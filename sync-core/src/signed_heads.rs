@@ -11,16 +11,29 @@
 //! u16 BE  number of heads, then each head's 32 bytes, sorted ascending, no duplicates
 //! ```
 //!
-//! Signing and verifying sit behind [`HeadsSigner`] and [`HeadsVerifier`], so this crate stays
-//! free of cryptography; the daemons implement them with the key of the device's certificate.
+//! Signing sits behind [`HeadsSigner`] (the daemons hold the device's key). Verifying sits
+//! behind [`HeadsVerifier`]; [`CertVerifier`] is the one both daemons use: the public key of the
+//! signer's device certificate (ECDSA P-256 SHA-256, ASN.1 DER, as the certificate's key).
+//!
+//! Where the certificate comes from: the signer attaches its own ([`SignedHeads::signer_cert`]),
+//! so a relay can forward it to a receiver that never saw the signer. A branch Pi verifies a
+//! LAN peer's signed heads with the certificate of the TLS session (already checked against
+//! the chain CA and the branch) and stores that certificate with them; the hub, which records
+//! certificate serials but not certificates, checks the attached certificate against the chain
+//! CA ([`SignedHeads::verify_with_chain`]) and its serial against its records (enrolled, not
+//! revoked) before trusting the key, as it does for a facts bundle.
+//!
+//! Which relayed changes the signed heads vouch for: [`covered`] (changes the receiver already
+//! holds) and [`covered_incoming`] (changes arriving in the same message).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use automerge::{Automerge, ChangeHash};
+use automerge::{Automerge, Change, ChangeHash};
 use cartwise_schema::DeviceId;
 use serde::{Deserialize, Serialize};
 
 use crate::doc_id::{DocId, DocOwner};
+use crate::identity::{PeerIdentity, Role};
 use crate::message::Head;
 
 /// Domain separator at the start of every signed message; the trailing NUL ends it.
@@ -39,6 +52,10 @@ pub struct SignedHeads {
     /// The signature over [`signing_bytes`].
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
+    /// The signer's device certificate (DER), so a receiver that never met the signer can
+    /// check the key against the chain CA. Absent in messages of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub signer_cert: Option<Vec<u8>>,
 }
 
 /// Signs with the key of a device's certificate.
@@ -82,6 +99,19 @@ pub enum SignedHeadsError {
         /// The claimed signer.
         signer: DeviceId,
     },
+    /// The attached certificate is missing, does not chain to the chain CA, or names another
+    /// device, chain or branch than expected.
+    #[error(
+        "the certificate for heads of {doc} signed by device {signer} is not acceptable: {reason}"
+    )]
+    Certificate {
+        /// The document.
+        doc: DocId,
+        /// The claimed signer.
+        signer: DeviceId,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// The exact bytes signed for `doc`, `heads` (sorted and deduplicated here) and `signer`.
@@ -122,7 +152,56 @@ impl SignedHeads {
             heads: canonical(heads),
             signer: device,
             signature,
+            signer_cert: None,
         }
+    }
+
+    /// [`Self::sign`], with the signer's certificate (DER) attached for relays.
+    pub fn sign_with_cert(
+        doc: DocId,
+        heads: &[Head],
+        signer: &dyn HeadsSigner,
+        cert_der: Vec<u8>,
+    ) -> Self {
+        SignedHeads {
+            signer_cert: Some(cert_der),
+            ..Self::sign(doc, heads, signer)
+        }
+    }
+
+    /// Verifies against the attached certificate, which must chain to `chain_ca_der` (client
+    /// authentication, valid at `now_unix`) and name the signer as a device of `branch` in
+    /// `chain`. Returns the signer's identity and the certificate's serial (lowercase hex),
+    /// which the caller checks against its records (enrolled, not revoked).
+    pub fn verify_with_chain(
+        &self,
+        chain_ca_der: &[u8],
+        expected: PeerIdentity,
+        now_unix: i64,
+    ) -> Result<(PeerIdentity, String), SignedHeadsError> {
+        let refuse = |reason: String| SignedHeadsError::Certificate {
+            doc: self.doc,
+            signer: self.signer,
+            reason,
+        };
+        let cert = self
+            .signer_cert
+            .as_deref()
+            .ok_or_else(|| refuse("no certificate attached".into()))?;
+        crate::technician::check_chain(cert, chain_ca_der, now_unix)
+            .map_err(|error| refuse(error.to_string()))?;
+        let identity =
+            PeerIdentity::from_cert_der(cert).map_err(|error| refuse(error.to_string()))?;
+        let wanted = PeerIdentity::device(expected.chain, expected.branch, self.signer);
+        if identity != wanted {
+            return Err(refuse(format!("it names {identity}, not {wanted}")));
+        }
+        let serial = crate::identity::inspect_certificate(cert)
+            .map_err(|error| refuse(error.to_string()))?
+            .serial_hex;
+        let verifier = CertVerifier::new(cert).map_err(refuse)?;
+        self.verify(&verifier)?;
+        Ok((identity, serial))
     }
 
     /// Checks canonical order, that the signer owns the document, and the signature.
@@ -154,6 +233,47 @@ impl SignedHeads {
     }
 }
 
+/// Verifies signatures with the public key of one device certificate: only that device's.
+#[derive(Debug, Clone)]
+pub struct CertVerifier {
+    device: DeviceId,
+    public_key: Vec<u8>,
+}
+
+impl CertVerifier {
+    /// The key of the device certificate `cert_der` (the certificate itself is not checked
+    /// here: the caller has verified it, e.g. in the TLS handshake).
+    pub fn new(cert_der: &[u8]) -> Result<Self, String> {
+        let identity = PeerIdentity::from_cert_der(cert_der).map_err(|error| error.to_string())?;
+        if identity.role != Role::Device {
+            return Err(format!("{identity} is not a device certificate"));
+        }
+        let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+            .map_err(|error| format!("certificate: {error}"))?;
+        Ok(CertVerifier {
+            device: identity.device,
+            public_key: cert.public_key().subject_public_key.data.to_vec(),
+        })
+    }
+
+    /// The device the certificate names.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+}
+
+impl HeadsVerifier for CertVerifier {
+    fn verify(&self, signer: &DeviceId, message: &[u8], signature: &[u8]) -> bool {
+        *signer == self.device
+            && ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ECDSA_P256_SHA256_ASN1,
+                &self.public_key,
+            )
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
 /// Whether every change in `changes` is one of `heads` or an ancestor of one, in `doc`. The walk
 /// needs `doc` to hold the heads and their history: meeting a hash `doc` does not hold before
 /// every change is found answers `false`. Cost: one walk of the history below `heads`,
@@ -174,6 +294,43 @@ pub fn covered(doc: &Automerge, changes: &[ChangeHash], heads: &[ChangeHash]) ->
         };
         missing.remove(&hash);
         stack.extend(meta.deps.iter().copied());
+    }
+    missing.is_empty()
+}
+
+/// [`covered`] for changes that arrive with the message that offers them: the walk from
+/// `heads` looks each hash up in `incoming` first, then in `doc`. A change's hash covers its
+/// dependencies, so what is reached from signed heads is exactly what the signer wrote, however
+/// the relay labelled it. `changes` are changes `doc` does not hold (a held one is never
+/// reported covered). Answers `false` on meeting a hash neither holds before every change of
+/// `changes` is found. Cost: one walk of the incoming changes below `heads`.
+pub fn covered_incoming(
+    doc: &Automerge,
+    incoming: &[Change],
+    changes: &[ChangeHash],
+    heads: &[ChangeHash],
+) -> bool {
+    let deps: HashMap<ChangeHash, &[ChangeHash]> = incoming
+        .iter()
+        .map(|change| (change.hash(), change.deps()))
+        .collect();
+    let mut missing: HashSet<ChangeHash> = changes.iter().copied().collect();
+    let mut seen: HashSet<ChangeHash> = HashSet::new();
+    let mut stack: Vec<ChangeHash> = heads.to_vec();
+    while let Some(hash) = stack.pop() {
+        if missing.is_empty() {
+            return true;
+        }
+        if !seen.insert(hash) {
+            continue;
+        }
+        missing.remove(&hash);
+        if let Some(parents) = deps.get(&hash) {
+            stack.extend(parents.iter().copied());
+        } else if doc.get_change_meta_by_hash(&hash).is_none() {
+            return false;
+        }
+        // A change `doc` holds has its whole history held: no change it lacks is below it.
     }
     missing.is_empty()
 }

@@ -172,6 +172,7 @@ fn message() -> impl Strategy<Value = Message> {
                     heads,
                     signer,
                     signature,
+                    signer_cert: None,
                 }
             )),
         (

@@ -30,6 +30,9 @@ pub const TELEMETRY_KIND_LEN_MAX: usize = 64;
 pub const TELEMETRY_DATA_JSON_LEN_MAX: usize = 16 * 1024;
 /// Longest signature in a `SignedHeads`, in bytes.
 pub const SIGNATURE_LEN_MAX: usize = 512;
+/// Longest certificate attached to a `SignedHeads`, in bytes of DER (a device certificate is
+/// well under 1 KiB).
+pub const SIGNER_CERT_LEN_MAX: usize = 4 * 1024;
 
 /// What kind of node a peer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

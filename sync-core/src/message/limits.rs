@@ -5,8 +5,8 @@ use super::Message;
 use super::body::{
     BUNDLE_BYTES_MAX, BUS_COMMAND_LEN_MAX, BUS_REPLY_JSON_LEN_MAX, CAPABILITIES_MAX,
     CAPABILITY_LEN_MAX, DOCS_PER_MESSAGE_MAX, HEADS_PER_DOC_MAX, LEDGER_ACK_RENTALS_MAX,
-    REASON_LEN_MAX, SIGNATURE_LEN_MAX, TELEMETRY_DATA_JSON_LEN_MAX, TELEMETRY_EVENTS_MAX,
-    TELEMETRY_KIND_LEN_MAX,
+    REASON_LEN_MAX, SIGNATURE_LEN_MAX, SIGNER_CERT_LEN_MAX, TELEMETRY_DATA_JSON_LEN_MAX,
+    TELEMETRY_EVENTS_MAX, TELEMETRY_KIND_LEN_MAX,
 };
 
 /// A field longer than its limit.
@@ -58,6 +58,11 @@ pub(super) fn check(message: &Message) -> Result<(), LimitError> {
                 "signed_heads.signature",
                 signed.signature.len(),
                 SIGNATURE_LEN_MAX,
+            )?;
+            at_most(
+                "signed_heads.signer_cert",
+                signed.signer_cert.as_ref().map_or(0, Vec::len),
+                SIGNER_CERT_LEN_MAX,
             )
         }
         Message::Bundle(bundle) => at_most("bundle.bytes", bundle.bytes.len(), BUNDLE_BYTES_MAX),

@@ -123,6 +123,7 @@ pub fn v1_examples() -> Vec<(MessageKind, Message)> {
             heads: vec![head],
             signer: device_a(),
             signature: vec![0x5A; 64],
+            signer_cert: None,
         }),
         Message::SyncIdle(cartwise_sync_core::message::body::SyncIdle {
             doc,
