@@ -4,19 +4,32 @@
 //! The lend, sync and ingest scenarios are the crates' own bench targets (`cargo bench -p
 //! cartwise-edge-node --bench lend|sync`, `-p cartwise-cloud-hub --bench ingest`), run with
 //! `--json` and mapped to the suite's metric names; the edge → dashboard scenario is measured
-//! here against the demo system (`dashboard.rs`).
+//! here against the demo system (`dashboard.rs`); `amrepo` runs the same-workload rentals
+//! through automerge-repo's JavaScript sync server (`amrepo.rs`, `bench/amrepo/`);
+//! `sessions` and `same_workload` run a release hub against a pool of simulated Pis
+//! (`swarm.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
+use cartwise_bench::amrepo;
 use cartwise_bench::dashboard::{self, workspace_root};
 use cartwise_bench::results::{self, Metric, against, plain, quantile};
+use cartwise_bench::swarm::{self, SessionsConfig};
 use clap::Parser;
 use serde_json::Value;
 
 /// The scenarios, in run order.
-const SCENARIOS: [&str; 4] = ["lend", "sync", "ingest", "dashboard"];
+const SCENARIOS: &[&str] = &[
+    "lend",
+    "sync",
+    "ingest",
+    "dashboard",
+    "sessions",
+    "same_workload",
+    "amrepo",
+];
 
 /// The benchmark suite.
 #[derive(Debug, Parser)]
@@ -28,7 +41,8 @@ struct Args {
     /// Every scenario at a smaller size, for a fast check.
     #[arg(long)]
     quick: bool,
-    /// Only these scenarios (comma-separated: lend, sync, ingest, dashboard).
+    /// Only these scenarios (comma-separated: lend, sync, ingest, dashboard, sessions,
+    /// same_workload, amrepo).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Release binaries for the dashboard scenario; default: build them into target/release.
@@ -199,6 +213,177 @@ fn release_binaries(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(root.join("target/release"))
 }
 
+/// The release hub the swarm scenarios run (`--bin-dir`, or built into target/release).
+fn swarm_binaries(args: &Args, root: &Path) -> anyhow::Result<PathBuf> {
+    match &args.bin_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => release_binaries(root),
+    }
+}
+
+/// 10,000 device sessions (500 with `--quick`) against a release hub (`swarm.rs`): the hub's
+/// memory and CPU with 30 s heartbeats (10 s quick), then the reconnect storm.
+async fn sessions(root: &Path, bin: &Path, quick: bool) -> anyhow::Result<Vec<Metric>> {
+    let config = if quick {
+        SessionsConfig {
+            sessions: 500,
+            heartbeat: std::time::Duration::from_secs(10),
+            window: std::time::Duration::from_secs(10),
+        }
+    } else {
+        SessionsConfig {
+            sessions: 10_000,
+            heartbeat: std::time::Duration::from_secs(30),
+            window: std::time::Duration::from_secs(30),
+        }
+    };
+    let url = scratch_database("cartwise_bench_sessions")?;
+    let dir = root.join("target/bench-sessions");
+    let r = swarm::sessions(bin, &url, &dir, config).await?;
+    println!(
+        "sessions: {} devices, {} s heartbeats: hub RSS {:.0} MB, hub CPU {:.1}% of a core over \
+         {:.0} s (the device pool: {:.1}%); reconnect storm: every device synced again in \
+         {:.1} s, {} errors ({} of them refusals at the hub's handshake limit), {} deferrals \
+         (Busy) honoured; hub RSS peak {:.0} MB, CPU {:.0}% during it",
+        r.sessions,
+        r.heartbeat_s,
+        r.hub_rss_mb,
+        r.hub_cpu_pct,
+        r.window_s,
+        r.pool_cpu_pct,
+        r.storm_s,
+        r.storm_errors,
+        r.storm_refused,
+        r.storm_deferred,
+        r.storm_hub_rss_peak_mb,
+        r.storm_hub_cpu_pct,
+    );
+    if !r.error_samples.is_empty() {
+        println!("sessions: errors seen, e.g. {:?}", r.error_samples);
+    }
+    Ok(vec![
+        plain("hub_rss_mb_10k_sessions", r.hub_rss_mb, "MB"),
+        plain("hub_cpu_pct_10k_sessions", r.hub_cpu_pct, "% of a core"),
+        plain(
+            "swarm_pool_cpu_pct_10k_sessions",
+            r.pool_cpu_pct,
+            "% of a core",
+        ),
+        plain("reconnect_storm_10k_s", r.storm_s, "s"),
+        plain("reconnect_storm_errors", r.storm_errors as f64, "errors"),
+        plain("reconnect_storm_deferrals", r.storm_deferred as f64, "Busy"),
+    ])
+}
+
+/// The hub's side of the same workload (`swarm::same_workload`): D devices × R rentals
+/// (100 × 50; 20 × 10 quick) through a release hub until Postgres holds them returned.
+async fn same_workload(root: &Path, bin: &Path, quick: bool) -> anyhow::Result<Vec<Metric>> {
+    let (devices, rentals) = if quick { (20, 10) } else { (100, 50) };
+    let url = scratch_database("cartwise_bench_same_workload")?;
+    let dir = root.join("target/bench-same-workload");
+    let r = swarm::same_workload(bin, &url, &dir, devices, rentals).await?;
+    println!(
+        "same workload (hub): {} devices × {} rentals = {} events in Postgres in {:.0} ms \
+         ({:.0} events/s; {} errors, {} deferrals); CPU: hub {:.0}%, devices {:.0}% of a core",
+        r.devices,
+        r.rentals_per_device,
+        r.events,
+        r.converge_ms,
+        r.events_per_s,
+        r.errors,
+        r.deferred,
+        r.hub_cpu_pct,
+        r.pool_cpu_pct,
+    );
+    if !r.error_samples.is_empty() {
+        println!(
+            "same workload (hub): errors seen, e.g. {:?}",
+            r.error_samples
+        );
+    }
+    Ok(vec![
+        plain("hub_same_workload_events_per_s", r.events_per_s, "events/s"),
+        plain("hub_same_workload_converge_ms", r.converge_ms, "ms"),
+    ])
+}
+
+/// The automerge-repo side of the same workload (`cartwise_bench::amrepo`). When the hub's side
+/// (`hub_same_workload_*`) was measured earlier in this run, it becomes their baseline. Returns
+/// the throughput plot, or `None` when this machine cannot run Node (the scenario is skipped).
+async fn automerge_repo(
+    root: &Path,
+    quick: bool,
+    results: &mut Vec<Metric>,
+) -> anyhow::Result<Option<String>> {
+    let dir = match amrepo::prepare(root).await? {
+        Ok(dir) => dir,
+        Err(why) => {
+            println!("automerge-repo: skipped: {why}");
+            return Ok(None);
+        }
+    };
+    let (devices, rentals) = if quick { (20, 10) } else { (100, 50) };
+    let limit = std::time::Duration::from_secs(600);
+    let run = amrepo::measure(&dir, devices, rentals, limit).await?;
+    println!(
+        "automerge-repo: {devices} devices × {rentals} rentals = {} events stored by the sync \
+         server in {:.0} ms ({:.0} events/s); the devices wrote them in {:.0} ms; CPU: server \
+         {:.0} ms, devices {:.0} ms",
+        run.events,
+        run.converge_ms,
+        run.events_per_s,
+        run.written_ms,
+        run.server_cpu_ms,
+        run.driver_cpu_ms,
+    );
+    results.push(plain(
+        "automerge_repo_events_per_s",
+        run.events_per_s,
+        "events/s",
+    ));
+    results.push(plain("automerge_repo_converge_ms", run.converge_ms, "ms"));
+    let mut hub = [None, None];
+    for (slot, (name, base, value)) in hub.iter_mut().zip([
+        (
+            "hub_same_workload_events_per_s",
+            "automerge_repo_events_per_s",
+            run.events_per_s,
+        ),
+        (
+            "hub_same_workload_converge_ms",
+            "automerge_repo_converge_ms",
+            run.converge_ms,
+        ),
+    ]) {
+        if let Some(metric) = results.iter_mut().find(|m| m.metric == name) {
+            metric.baseline = Some(results::Baseline {
+                metric: base.to_owned(),
+                value,
+            });
+            *slot = Some(metric.value);
+        }
+    }
+    let mut bars = Vec::new();
+    match hub {
+        [Some(events_per_s), Some(converge_ms)] => {
+            bars.push(("CartWise hub (QUIC → Postgres)", events_per_s, converge_ms));
+        }
+        _ => println!(
+            "automerge-repo: the hub's side of this workload is the same_workload scenario; run \
+             both (--only same_workload,amrepo) for the side-by-side"
+        ),
+    }
+    bars.push((
+        "automerge-repo sync server",
+        run.events_per_s,
+        run.converge_ms,
+    ));
+    Ok(Some(amrepo::throughput_svg(
+        &format!("Same workload: {devices} devices × {rentals} rentals, lent and returned"),
+        &bars,
+    )))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -275,6 +460,18 @@ async fn main() -> anyhow::Result<()> {
             "ms",
         ));
     }
+    if wanted("sessions") {
+        let bin = swarm_binaries(&args, &root)?;
+        results.extend(sessions(&root, &bin, args.quick).await?);
+    }
+    if wanted("same_workload") {
+        let bin = swarm_binaries(&args, &root)?;
+        results.extend(same_workload(&root, &bin, args.quick).await?);
+    }
+    let mut same_workload_svg = None;
+    if wanted("amrepo") {
+        same_workload_svg = automerge_repo(&root, args.quick, &mut results).await?;
+    }
     println!("\n{}", results::table(&results));
     if let Some(path) = &args.json {
         let report = serde_json::json!({
@@ -289,6 +486,12 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(&baseline, results::baseline_svg(&results))
             .with_context(|| format!("cannot write {}", baseline.display()))?;
         println!("wrote {}", baseline.display());
+        if let Some(svg) = &same_workload_svg {
+            let plot = PathBuf::from(format!("{}-same-workload.svg", stem.display()));
+            std::fs::write(&plot, svg)
+                .with_context(|| format!("cannot write {}", plot.display()))?;
+            println!("wrote {}", plot.display());
+        }
         if !latencies.is_empty() {
             let plot = PathBuf::from(format!("{}-edge-to-dashboard.svg", stem.display()));
             std::fs::write(

@@ -206,7 +206,8 @@ pub fn baseline_svg(results: &[Metric]) -> String {
     svg
 }
 
-fn escape(text: &str) -> String {
+/// `text` made safe inside SVG/XML text.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
