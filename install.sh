@@ -92,6 +92,9 @@ cmd_test() {
   say "dependency direction"
   scripts/check-deps.sh
   say "licenses, bans and sources"
+  # cargo-deny reads every package of the lock file, other platforms' too, which no Linux
+  # build downloads: fetch them first (from the registry; a no-op once cached).
+  cargo fetch --locked --quiet
   cargo deny --offline check licenses bans sources 2>&1 | tail -n 3
   say "clippy"
   cargo clippy --locked --workspace --all-targets -- -D warnings
