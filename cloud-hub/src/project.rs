@@ -472,17 +472,7 @@ async fn mark_folded(
             "rental {rental} was closed at its origin otherwise; this return at post {} was not applied",
             post.map_or_else(|| "?".to_owned(), |p| p.to_string())
         );
-        insert_anomaly(
-            conn,
-            &scope,
-            &format!("return/{rental}"),
-            AnomalyKind::ConflictingReturn.as_str(),
-            post,
-            Some(rental),
-            &detail,
-            end,
-        )
-        .await?;
+        conflicting_return(conn, &scope, rental, post, &detail, end).await?;
     }
     Ok(())
 }
@@ -627,6 +617,21 @@ async fn insert_anomaly(
     Ok(())
 }
 
+/// Records a `conflicting_return` of `rental` for the returning device of `scope` (once per
+/// device and rental: the key is `return/<rental>`).
+async fn conflicting_return(
+    conn: &mut PgConnection,
+    scope: &Scope<'_>,
+    rental: Uuid,
+    post: Option<i32>,
+    detail: &str,
+    end: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let key = format!("return/{rental}");
+    let kind = AnomalyKind::ConflictingReturn.as_str();
+    insert_anomaly(conn, scope, &key, kind, post, Some(rental), detail, end).await
+}
+
 /// Returns docked at this device of rentals started at another device of the branch: the
 /// first return recorded for a rental is kept and closes the rental's row if it is open. A
 /// second return of the same rental, or a return of a rental its origin closed otherwise, is
@@ -704,19 +709,8 @@ async fn project_returns(
                     "rental {} was already {status} at its origin's own post; this return at post {} was not applied",
                     ret.rental, ret.post
                 );
-                let key = format!("return/{}", ret.rental);
-                let post = Some(i32::from(ret.post));
-                insert_anomaly(
-                    conn,
-                    scope,
-                    &key,
-                    AnomalyKind::ConflictingReturn.as_str(),
-                    post,
-                    Some(rental),
-                    &detail,
-                    end,
-                )
-                .await?;
+                conflicting_return(conn, scope, rental, Some(i32::from(ret.post)), &detail, end)
+                    .await?;
                 continue;
             }
         }
@@ -731,19 +725,8 @@ async fn project_returns(
                 "rental {} was already returned elsewhere; this return at post {} was not applied",
                 ret.rental, ret.post
             );
-            let key = format!("return/{}", ret.rental);
-            let post = Some(i32::from(ret.post));
-            insert_anomaly(
-                conn,
-                scope,
-                &key,
-                AnomalyKind::ConflictingReturn.as_str(),
-                post,
-                Some(rental),
-                &detail,
-                end,
-            )
-            .await?;
+            conflicting_return(conn, scope, rental, Some(i32::from(ret.post)), &detail, end)
+                .await?;
             continue;
         }
         out.rentals_changed += close_from_returns(conn, &[rental]).await?.len() as u64;
@@ -756,19 +739,8 @@ async fn project_returns(
                 "rental {} was already {status} at its origin; the cart docked at post {}",
                 ret.rental, ret.post
             );
-            let key = format!("return/{}", ret.rental);
-            let post = Some(i32::from(ret.post));
-            insert_anomaly(
-                conn,
-                scope,
-                &key,
-                AnomalyKind::ConflictingReturn.as_str(),
-                post,
-                Some(rental),
-                &detail,
-                end,
-            )
-            .await?;
+            conflicting_return(conn, scope, rental, Some(i32::from(ret.post)), &detail, end)
+                .await?;
         }
     }
     Ok(())
