@@ -21,9 +21,9 @@
 //! key and sends `SignedHeads` before any `Sync` of that document whose heads changed since it
 //! last signed (only the latest heads, never one per write). The receiving Pi verifies them
 //! with the key of the certificate the peer presented in the TLS handshake and keeps the latest
-//! verified ones per document, with that certificate, in [`RelayHeads`] (memory only, at most
-//! [`HELD_DOCS_MAX`] documents: a restarted Pi gets them again when the peer's session
-//! reopens). The uplink sends them to the hub before offering the peer's document, so the hub
+//! verified ones per document, with that certificate, in [`RelayHeads`] (`peers/relay.rs`;
+//! memory only, at most [`crate::engine::HELD_DOCS_MAX`] documents: a restarted Pi gets them
+//! again when the peer's session reopens). The uplink sends them to the hub before offering the peer's document, so the hub
 //! accepts the peer's changes from this Pi when the peer's own link is down.
 //!
 //! One session per peer device at a time, whichever side dialled: a second one is told to come
@@ -39,7 +39,7 @@
 //!
 //! Nothing here is needed to lend or return at this Pi.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -50,16 +50,16 @@ use cartwise_sync_core::identity::PeerIdentity;
 use cartwise_sync_core::message::body::{DocHeads, Docs, ErrorBody, Head, Role, SyncBody};
 use cartwise_sync_core::session::{LocalIdentity, capability};
 use cartwise_sync_core::{
-    CertVerifier, CloseReason, DocId, Message, Output, Session, SessionConfig, SessionEvent, Side,
-    SignedHeads, error_code, refusal,
+    CloseReason, DocId, Message, Output, Session, SessionConfig, SessionEvent, Side, SignedHeads,
+    error_code, refusal,
 };
 use rand::RngExt as _;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::LanSection;
-use crate::engine::{Engine, HELD_DOCS_MAX, SyncPeer};
-use crate::identity::{self, EdgeIdentity, HeadsKey, LAN_SERVER_NAME};
+use crate::engine::{Engine, SyncPeer};
+use crate::identity::{self, EdgeIdentity, LAN_SERVER_NAME};
 use crate::store::StoreError;
 use crate::uplink::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT};
 
@@ -78,62 +78,9 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Bytes read from the stream at once.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// The latest verified signed heads of each branch peer's document this Pi holds, each with
-/// the certificate that verified it: what the uplink sends the hub before offering that
-/// document. Shared by the LAN sessions (which fill it) and the uplink (which reads it).
-#[derive(Debug)]
-pub struct RelayHeads {
-    held: Mutex<HashMap<DocId, SignedHeads>>,
-    /// Bumped on every change, so the uplink learns of new heads while in session.
-    version: watch::Sender<u64>,
-}
-
-impl Default for RelayHeads {
-    fn default() -> Self {
-        RelayHeads {
-            held: Mutex::new(HashMap::new()),
-            version: watch::Sender::new(0),
-        }
-    }
-}
-
-impl RelayHeads {
-    /// Keeps `signed` as the latest of its document (it must be verified). Refused (`false`)
-    /// when [`HELD_DOCS_MAX`] other documents are held already.
-    pub fn keep(&self, signed: SignedHeads) -> bool {
-        let Ok(mut held) = self.held.lock() else {
-            return false;
-        };
-        if !held.contains_key(&signed.doc) && held.len() >= HELD_DOCS_MAX {
-            return false;
-        }
-        if held.get(&signed.doc) == Some(&signed) {
-            return true;
-        }
-        held.insert(signed.doc, signed);
-        drop(held);
-        self.version.send_modify(|v| *v = v.wrapping_add(1));
-        true
-    }
-
-    /// The latest signed heads of `doc`, if held.
-    pub fn get(&self, doc: &DocId) -> Option<SignedHeads> {
-        self.held.lock().ok()?.get(doc).cloned()
-    }
-
-    /// Every held signed heads.
-    pub fn all(&self) -> Vec<SignedHeads> {
-        self.held
-            .lock()
-            .map(|held| held.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Wakes on every change.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.version.subscribe()
-    }
-}
+mod relay;
+pub use relay::RelayHeads;
+use relay::Signing;
 
 /// The branch peers in session now (for `/health`), and the signed heads they sent.
 #[derive(Debug, Default)]
@@ -852,35 +799,6 @@ impl Node {
             }
         }
         Ok(())
-    }
-}
-
-/// One session's signing: this device's key, the heads last signed on the session, and the
-/// key of the certificate the peer presented.
-struct Signing {
-    key: Option<HeadsKey>,
-    sent: Option<(DocId, Vec<Head>)>,
-    peer_key: Option<(CertVerifier, Vec<u8>)>,
-}
-
-impl Signing {
-    fn new(data_dir: &std::path::Path, peer_cert: Option<Vec<u8>>) -> Self {
-        let key = identity::load(data_dir)
-            .and_then(|identity| HeadsKey::new(&identity))
-            .map_err(|error| tracing::warn!(%error, "this device cannot sign its heads; branch peers cannot relay its document"))
-            .ok();
-        let peer_key = peer_cert.and_then(|cert| match CertVerifier::new(&cert) {
-            Ok(verifier) => Some((verifier, cert)),
-            Err(error) => {
-                tracing::warn!(%error, "a branch peer's certificate has no usable key");
-                None
-            }
-        });
-        Signing {
-            key,
-            sent: None,
-            peer_key,
-        }
     }
 }
 
