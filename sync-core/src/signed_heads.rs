@@ -279,23 +279,12 @@ impl HeadsVerifier for CertVerifier {
 /// every change is found answers `false`. Cost: one walk of the history below `heads`,
 /// stopping as soon as every change is found.
 pub fn covered(doc: &Automerge, changes: &[ChangeHash], heads: &[ChangeHash]) -> bool {
-    let mut missing: HashSet<ChangeHash> = changes.iter().copied().collect();
-    let mut seen: HashSet<ChangeHash> = HashSet::new();
-    let mut stack: Vec<ChangeHash> = heads.to_vec();
-    while let Some(hash) = stack.pop() {
-        if missing.is_empty() {
-            return true;
+    walk(changes, heads, |hash| {
+        match doc.get_change_meta_by_hash(hash) {
+            Some(meta) => Step::Parents(meta.deps.clone()),
+            None => Step::Unknown,
         }
-        if !seen.insert(hash) {
-            continue;
-        }
-        let Some(meta) = doc.get_change_meta_by_hash(&hash) else {
-            return false;
-        };
-        missing.remove(&hash);
-        stack.extend(meta.deps.iter().copied());
-    }
-    missing.is_empty()
+    })
 }
 
 /// [`covered`] for changes that arrive with the message that offers them: the walk from
@@ -314,6 +303,31 @@ pub fn covered_incoming(
         .iter()
         .map(|change| (change.hash(), change.deps()))
         .collect();
+    walk(changes, heads, |hash| match deps.get(hash) {
+        Some(parents) => Step::Parents(parents.to_vec()),
+        // A change `doc` holds has its whole history held: no change it lacks is below it.
+        None if doc.get_change_meta_by_hash(hash).is_some() => Step::Held,
+        None => Step::Unknown,
+    })
+}
+
+/// What the walk of [`walk`] learns of one hash.
+enum Step {
+    /// Known, with these parents to walk on.
+    Parents(Vec<ChangeHash>),
+    /// Known, and nothing below it needs walking.
+    Held,
+    /// Neither known nor held: the heads cannot vouch for anything below.
+    Unknown,
+}
+
+/// Walks from `heads` down the dependencies `step` gives, until every hash of `changes` is
+/// met (`true`) or a hash is unknown first (`false`).
+fn walk(
+    changes: &[ChangeHash],
+    heads: &[ChangeHash],
+    mut step: impl FnMut(&ChangeHash) -> Step,
+) -> bool {
     let mut missing: HashSet<ChangeHash> = changes.iter().copied().collect();
     let mut seen: HashSet<ChangeHash> = HashSet::new();
     let mut stack: Vec<ChangeHash> = heads.to_vec();
@@ -324,13 +338,12 @@ pub fn covered_incoming(
         if !seen.insert(hash) {
             continue;
         }
-        missing.remove(&hash);
-        if let Some(parents) = deps.get(&hash) {
-            stack.extend(parents.iter().copied());
-        } else if doc.get_change_meta_by_hash(&hash).is_none() {
-            return false;
+        match step(&hash) {
+            Step::Parents(parents) => stack.extend(parents),
+            Step::Held => {}
+            Step::Unknown => return false,
         }
-        // A change `doc` holds has its whole history held: no change it lacks is below it.
+        missing.remove(&hash);
     }
     missing.is_empty()
 }
