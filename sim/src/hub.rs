@@ -52,6 +52,22 @@ pub struct Hub {
     pub intents: Vec<Intent>,
 }
 
+impl Hub {
+    /// The hub's copy of `doc` and its sync state with `peer` (both made on first use).
+    pub fn copy_and_state(
+        &mut self,
+        peer: Node,
+        doc: DocId,
+    ) -> (&mut AutoCommit, &mut PeerDocState) {
+        let document = self.docs.entry(doc).or_default();
+        let state = self
+            .states
+            .entry((peer, doc))
+            .or_insert_with(|| PeerDocState::new(doc));
+        (document, state)
+    }
+}
+
 fn rank(status: RentalStatus) -> u8 {
     match status {
         RentalStatus::Unlocking => 0,

@@ -75,12 +75,7 @@ impl World {
                 None => return,
             },
             Node::Hub => {
-                let document = self.hub.docs.entry(doc).or_default();
-                let state = self
-                    .hub
-                    .states
-                    .entry((to, doc))
-                    .or_insert_with(|| PeerDocState::new(doc));
+                let (document, state) = self.hub.copy_and_state(to, doc);
                 state.generate(document)
             }
             Node::Tech(t) => {
@@ -179,12 +174,7 @@ impl World {
                 None => return,
             },
             Node::Hub => {
-                let document = self.hub.docs.entry(doc).or_default();
-                let state = self
-                    .hub
-                    .states
-                    .entry((from, doc))
-                    .or_insert_with(|| PeerDocState::new(doc));
+                let (document, state) = self.hub.copy_and_state(from, doc);
                 receive_into(document, state, &body, &self.hub_actors, bypass)
             }
             Node::Tech(t) => {
