@@ -9,7 +9,8 @@
 //!   every connection is dropped and every device reconnects at once (the reconnect storm):
 //!   the time until every device has completed its handshake and the idle sync of every one
 //!   of its documents again, the connection and session errors seen, and the hub's
-//!   "come back later" answers (`Busy`, honoured with the edge's jitter; not errors).
+//!   "come back later" answers, not errors: `Busy` at admission (honoured with the edge's
+//!   jitter) and refusals at its handshake door (retried after the edge's 1–10 s wait).
 //! - [`same_workload`]: D devices each lend and return R rentals through the edge's own
 //!   live-document writer (`LiveDoc`, one SQLite store each), syncing after every write;
 //!   events/s = 2·D·R / the time from the first write until Postgres holds every rental
@@ -41,8 +42,8 @@ const PROGRESS: Duration = Duration::from_secs(10);
 
 fn progress(what: &str, synced: usize, want: usize, stats: &device::Stats) {
     println!(
-        "{what}: {synced} of {want} devices synced ({} errors, {} of them refusals at the \
-         handshake limit; {} deferrals)",
+        "{what}: {synced} of {want} devices synced ({} errors; {} refusals at the hub's \
+         handshake door and {} Busy deferrals, both retried)",
         stats.errors(),
         stats.refused.load(Ordering::Relaxed),
         stats.deferred.load(Ordering::Relaxed),
@@ -83,16 +84,19 @@ pub struct SessionsReport {
     pub storm_errors: u64,
     /// `Busy` answers during the storm (honoured, not errors).
     pub storm_deferred: u64,
-    /// Of `storm_errors`, connections the hub refused at its handshake limit.
+    /// Connections the hub refused at its handshake door during the storm (handshake slots
+    /// and their queue full; retried after the edge's short wait, not errors).
     pub storm_refused: u64,
     /// The hub's peak resident memory during the storm, MB.
     pub storm_hub_rss_peak_mb: f64,
     /// The hub's CPU during the storm, % of one core.
     pub storm_hub_cpu_pct: f64,
-    /// Errors and `Busy` answers while first connecting (before the steady window).
+    /// Errors while first connecting (before the steady window).
     pub setup_errors: u64,
     /// `Busy` answers while first connecting.
     pub setup_deferred: u64,
+    /// Refusals at the hub's handshake door while first connecting.
+    pub setup_refused: u64,
     /// A few of the errors seen, if any.
     pub error_samples: Vec<String>,
 }
@@ -162,11 +166,12 @@ async fn until(
         }
         if started.elapsed() > limit {
             bail!(
-                "{what}: only {now} of {want} devices synced within {} s ({} errors, {} deferrals; \
-                 e.g. {:?}); see {}",
+                "{what}: only {now} of {want} devices synced within {} s ({} errors, {} \
+                 deferrals, {} refusals; e.g. {:?}); see {}",
                 limit.as_secs(),
                 stats.errors(),
                 stats.deferred.load(Ordering::Relaxed),
+                stats.refused.load(Ordering::Relaxed),
                 stats.samples(),
                 hub.log.display()
             );
@@ -233,9 +238,10 @@ pub async fn sessions(
     };
     let setup_errors = stats.errors();
     let setup_deferred = stats.deferred.load(Ordering::Relaxed);
+    let setup_refused = stats.refused.load(Ordering::Relaxed);
     println!(
-        "sessions: {n} devices synced in {:.1} s ({setup_deferred} deferrals, {setup_errors} \
-         errors); steady window {} s",
+        "sessions: {n} devices synced in {:.1} s ({setup_deferred} deferrals, {setup_refused} \
+         refusals at the door, {setup_errors} errors); steady window {} s",
         connect.as_secs_f64(),
         config.window.as_secs()
     );
@@ -268,9 +274,10 @@ pub async fn sessions(
         if !hub.running() || storm_started.elapsed() > limit {
             break Err(anyhow::anyhow!(
                 "reconnect storm: only {synced} of {n} devices synced again within {} s \
-                 ({} errors; e.g. {:?}); see {}",
+                 ({} errors, {} refusals at the door; e.g. {:?}); see {}",
                 limit.as_secs(),
                 stats.errors() - errors0,
+                stats.refused.load(Ordering::Relaxed) - refused0,
                 stats.samples(),
                 hub.log.display()
             ));
@@ -303,6 +310,7 @@ pub async fn sessions(
         storm_hub_cpu_pct: hub::cpu_percent(&hub1, &hub2, ticks),
         setup_errors,
         setup_deferred,
+        setup_refused,
         error_samples: samples,
     })
 }

@@ -6,13 +6,27 @@
 //! that branch and chain, is not revoked, and holds that certificate. A revocation watcher
 //! closes live connections of revoked devices within [`QuicConfig::revocation_check_interval`].
 //!
+//! The door: at most [`QuicConfig::handshakes_max`] TLS handshakes run at once. A connection
+//! arriving beyond that waits, in arrival order, up to [`QuicConfig::handshake_wait_max`] for a
+//! handshake slot (quinn holds its first packets meanwhile, within the endpoint's
+//! `max_incoming` and buffer limits), with at most [`QuicConfig::handshake_queue_max`] waiting;
+//! a connection beyond the queue, or still waiting at the end of its wait, is refused (QUIC
+//! `CONNECTION_REFUSED`, which the edge retries after a short random wait). So a fleet
+//! reconnecting at once is served as fast as handshakes complete, while the work in flight and
+//! the memory held for waiting connections stay bounded. Refusals are counted
+//! ([`QuicHandle::handshakes_refused`]) and logged at most once per [`REFUSAL_LOG_INTERVAL`].
+//! Admission after the handshake (`admission.rs`, `Busy{retry_after_ms}`) is a separate limit.
+//! The UDP socket asks for [`SOCKET_BUFFER_BYTES`] buffers so such a burst is not dropped by
+//! the kernel before quinn sees it.
+//!
 //! Close codes (application errors) are in [`close_code`]; the reason text says what to do.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cartwise_sync_core::identity::{
     ALPN_ENROLL, ALPN_RENEW, ALPN_SYNC, ChainCaRegistry, PeerIdentity, hub_server_config,
@@ -21,7 +35,7 @@ use cartwise_sync_core::identity::{
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::CertificateDer;
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::pki::{self, ConnectRefusal, PkiError};
@@ -67,8 +81,14 @@ pub mod close_code {
 pub struct QuicConfig {
     /// UDP address; port 0 picks one (tests).
     pub listen: SocketAddr,
-    /// Handshakes in progress at once; more are refused (clients back off and retry).
+    /// Handshakes in progress at once; more wait for a slot (see `handshake_queue_max`).
     pub handshakes_max: usize,
+    /// Connections waiting for a handshake slot at most; one arriving beyond this is refused
+    /// at once (the edge retries after a short random wait).
+    pub handshake_queue_max: usize,
+    /// The longest a connection waits for a handshake slot before it is refused. Keep it well
+    /// under the clients' connect timeout (10 s on the edge) so the handshake still fits.
+    pub handshake_wait_max: Duration,
     /// How often live connections are checked for revocation (and new chain CAs loaded).
     pub revocation_check_interval: Duration,
 }
@@ -78,6 +98,8 @@ impl Default for QuicConfig {
         Self {
             listen: SocketAddr::from(([0u16; 8], 4433)),
             handshakes_max: 256,
+            handshake_queue_max: 4096,
+            handshake_wait_max: Duration::from_secs(4),
             revocation_check_interval: Duration::from_secs(2),
         }
     }
@@ -89,6 +111,18 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes quinn buffers per waiting connection beyond its first packet (the client's
+/// retransmitted Initials while it waits: about 1.2 kB each, one every 1, 2, 4 s); more is
+/// dropped and retransmitted by the client.
+const INCOMING_BUFFER_BYTES: u64 = 16 * 1024;
+/// Bytes quinn buffers for all waiting connections together.
+const INCOMING_BUFFER_TOTAL_BYTES: u64 = 32 * 1024 * 1024;
+/// The UDP socket buffers asked for, each way (the kernel caps them at `net.core.rmem_max` and
+/// `wmem_max`). A fleet reconnecting at once arrives as a burst of Initials; the usual 208 kB
+/// default overflows and drops them, and each drop costs a client a retransmission timeout.
+const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+/// Refusals at the door are logged at most this often (with the count since the last line).
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +153,7 @@ pub struct QuicHandle {
     /// The live, authenticated sync connections.
     pub live: Arc<LiveConnections>,
     endpoint: quinn::Endpoint,
+    door: Arc<Door>,
     task: JoinHandle<()>,
 }
 
@@ -134,6 +169,19 @@ impl QuicHandle {
     /// The quinn endpoint (e.g. for its statistics).
     pub fn endpoint(&self) -> &quinn::Endpoint {
         &self.endpoint
+    }
+
+    /// Connections refused at the door since the start (handshake queue full, or waited
+    /// [`QuicConfig::handshake_wait_max`] without a slot).
+    pub fn handshakes_refused(&self) -> u64 {
+        self.door.refused_total.load(Ordering::Relaxed)
+    }
+
+    /// Connections waiting for a handshake slot now.
+    pub fn handshakes_waiting(&self) -> usize {
+        self.door
+            .queue_max
+            .saturating_sub(self.door.queue.available_permits())
     }
 
     /// Waits until the endpoint has shut down (after the shutdown future resolved).
@@ -190,12 +238,24 @@ pub async fn spawn(
         QuicServerConfig::try_from(tls).map_err(|error| QuicError::Crypto(error.to_string()))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server_config.transport_config(Arc::new(transport_config()));
-    let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
-        QuicError::Bind {
-            addr: config.listen,
-            source,
-        }
-    })?;
+    // Connections quinn holds before the door decides: the waiting ones, plus a margin for
+    // those not yet taken from `accept()`; beyond it quinn refuses by itself.
+    server_config
+        .max_incoming(config.handshake_queue_max + config.handshakes_max.max(1))
+        .incoming_buffer_size(INCOMING_BUFFER_BYTES)
+        .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL_BYTES);
+    let bind_error = |source| QuicError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let socket = bind_udp(config.listen).map_err(bind_error)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_error)?;
     let local_addr = endpoint.local_addr().map_err(|source| QuicError::Bind {
         addr: config.listen,
         source,
@@ -214,10 +274,11 @@ pub async fn spawn(
         hub.registry.clone(),
         config.revocation_check_interval,
     ));
+    let door = Arc::new(Door::new(&config));
     let task = tokio::spawn(accept_loop(
         endpoint.clone(),
         hub,
-        config.handshakes_max,
+        door.clone(),
         shutdown,
         watcher,
     ));
@@ -227,18 +288,125 @@ pub async fn spawn(
         platform_ca_sha256: hub_identity.platform_ca.sha256_hex(),
         live,
         endpoint,
+        door,
         task,
     })
+}
+
+/// Binds the endpoint's UDP socket with [`SOCKET_BUFFER_BYTES`] buffers (or what the kernel
+/// allows: a smaller buffer is logged, not an error).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+    if let Err(error) = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES) {
+        tracing::warn!(%error, "cannot enlarge the UDP receive buffer; bursts of reconnecting devices may be dropped");
+    }
+    if let Err(error) = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES) {
+        tracing::warn!(%error, "cannot enlarge the UDP send buffer");
+    }
+    tracing::info!(
+        receive = state.recv_buffer_size((&socket).into()).unwrap_or(0),
+        send = state.send_buffer_size((&socket).into()).unwrap_or(0),
+        "UDP socket buffers (bytes as the kernel reports them, Linux: twice the usable size; \
+         raise net.core.rmem_max/wmem_max for more)"
+    );
+    Ok(socket)
+}
+
+/// Where an arriving connection goes.
+enum Entry {
+    /// A handshake slot is free: start at once.
+    Now(OwnedSemaphorePermit),
+    /// Wait for a slot, holding this place in the queue.
+    Wait(OwnedSemaphorePermit),
+    /// The queue is full: refuse.
+    Full,
+}
+
+/// The endpoint's door: handshake slots, a bounded queue for them, and the refusal count.
+struct Door {
+    /// One permit per handshake in progress.
+    handshakes: Arc<Semaphore>,
+    /// One permit per connection waiting for a handshake slot.
+    queue: Arc<Semaphore>,
+    queue_max: usize,
+    wait_max: Duration,
+    refused_total: AtomicU64,
+    /// Refusals not logged yet, and when the last log line was written.
+    refusal_log: Mutex<(u64, Option<Instant>)>,
+}
+
+impl Door {
+    fn new(config: &QuicConfig) -> Self {
+        Door {
+            handshakes: Arc::new(Semaphore::new(config.handshakes_max.max(1))),
+            queue: Arc::new(Semaphore::new(config.handshake_queue_max)),
+            queue_max: config.handshake_queue_max,
+            wait_max: config.handshake_wait_max,
+            refused_total: AtomicU64::new(0),
+            refusal_log: Mutex::new((0, None)),
+        }
+    }
+
+    /// A slot now, a place in the queue, or neither. Tokio's semaphore is fair: a free slot
+    /// goes to the longest-waiting connection before a newcomer can take it.
+    fn enter(&self) -> Entry {
+        if let Ok(slot) = self.handshakes.clone().try_acquire_owned() {
+            Entry::Now(slot)
+        } else if let Ok(place) = self.queue.clone().try_acquire_owned() {
+            Entry::Wait(place)
+        } else {
+            Entry::Full
+        }
+    }
+
+    /// Waits (holding `place`) for a handshake slot, at most `wait_max`; `None` if none came
+    /// or the endpoint is shutting down.
+    async fn wait(&self, place: OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
+        let slot = tokio::time::timeout(self.wait_max, self.handshakes.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok();
+        drop(place);
+        slot
+    }
+
+    /// Refuses `incoming` (QUIC `CONNECTION_REFUSED`), counts it, and logs now and then.
+    fn refuse(&self, incoming: quinn::Incoming, why: &'static str) {
+        incoming.refuse();
+        self.refused_total.fetch_add(1, Ordering::Relaxed);
+        let Ok(mut log) = self.refusal_log.lock() else {
+            return;
+        };
+        let (unlogged, last) = &mut *log;
+        *unlogged += 1;
+        if last.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
+            tracing::warn!(
+                refused = *unlogged,
+                total = self.refused_total.load(Ordering::Relaxed),
+                why,
+                "connections refused at the handshake limit; devices retry within seconds \
+                 (if this persists, the hub needs more CPU or another hub process)"
+            );
+            *unlogged = 0;
+            *last = Some(Instant::now());
+        }
+    }
+
+    /// Ends every wait (the endpoint is shutting down).
+    fn close(&self) {
+        self.handshakes.close();
+        self.queue.close();
+    }
 }
 
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     hub: Arc<Hub>,
-    handshakes_max: usize,
+    door: Arc<Door>,
     shutdown: impl Future<Output = ()> + Send,
     watcher: JoinHandle<()>,
 ) {
-    let handshakes = Arc::new(Semaphore::new(handshakes_max.max(1)));
     tokio::pin!(shutdown);
     loop {
         let incoming = tokio::select! {
@@ -248,32 +416,45 @@ async fn accept_loop(
                 None => break,
             },
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %incoming.remote_address(), "too many handshakes; refusing");
-            incoming.refuse();
-            continue;
-        };
-        let hub = hub.clone();
-        tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
-                Ok(Ok(connection)) => connection,
-                Ok(Err(error)) => {
-                    tracing::info!(%remote, %error, "handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(%remote, "handshake timed out");
-                    return;
-                }
-            };
-            drop(permit);
-            serve_connection(hub, connection).await;
-        });
+        match door.enter() {
+            Entry::Now(slot) => {
+                tokio::spawn(handshake(hub.clone(), incoming, slot));
+            }
+            Entry::Wait(place) => {
+                let (hub, door) = (hub.clone(), door.clone());
+                tokio::spawn(async move {
+                    match door.wait(place).await {
+                        Some(slot) => handshake(hub, incoming, slot).await,
+                        None if door.handshakes.is_closed() => incoming.refuse(),
+                        None => door.refuse(incoming, "waited too long for a handshake slot"),
+                    }
+                });
+            }
+            Entry::Full => door.refuse(incoming, "the handshake queue is full"),
+        }
     }
+    door.close();
     watcher.abort();
     endpoint.close(close_code::SHUTDOWN.into(), b"hub shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+}
+
+/// Runs the TLS handshake of `incoming` holding `slot`, then serves the connection.
+async fn handshake(hub: Arc<Hub>, incoming: quinn::Incoming, slot: OwnedSemaphorePermit) {
+    let remote = incoming.remote_address();
+    let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => {
+            tracing::info!(%remote, %error, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%remote, "handshake timed out");
+            return;
+        }
+    };
+    drop(slot);
+    serve_connection(hub, connection).await;
 }
 
 /// The negotiated ALPN of a connection.

@@ -4,6 +4,13 @@
 //! A thin shell: the session logic is `cartwise_sync_core::Session`, the decisions the
 //! engine's.
 //!
+//! Retry waits: after a failure the backoff doubles from [`BACKOFF_MIN`] to [`BACKOFF_MAX`]
+//! (plus up to half again of jitter). The hub's two "come back later" answers do not grow it:
+//! `Busy{retry_after_ms}` at admission is waited out (plus the same jitter), and a connection
+//! the hub refused at its door (QUIC `CONNECTION_REFUSED`: too many handshakes waiting,
+//! [`is_refusal`]) is retried after a random [`refused_retry`] wait of 1–10 s, so a fleet
+//! turned away together comes back spread out and promptly rather than after a minute.
+//!
 //! Relay: the other devices' documents this Pi holds are offered to the hub too. For a branch
 //! peer's document whose signed heads this Pi holds (`peers::RelayHeads`, filled by the LAN
 //! sessions), the `SignedHeads` go first (at admission, and again whenever newer ones arrive,
@@ -44,11 +51,49 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest wait after the hub refused a connection at its door.
+pub const REFUSED_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest wait after the hub refused a connection at its door.
+pub const REFUSED_RETRY_MAX: Duration = Duration::from_secs(10);
 /// `Sync` messages pipelined behind the `Hello` at most (the `Docs` listing takes one more of
 /// the session's `PIPELINED_MAX`).
 pub const PIPELINED_SYNCS_MAX: usize = cartwise_sync_core::session::PIPELINED_MAX / 2;
 /// The peer name sync progress with the hub is stored under.
 pub const HUB_PEER: &str = "hub";
+
+/// Whether a connection attempt ended because the hub refused it at its door (QUIC
+/// `CONNECTION_REFUSED`: its handshake slots and their queue are full). The hub is up and
+/// answering, only busy: retry after [`refused_retry`], not on the failure backoff.
+pub fn is_refusal(error: &quinn::ConnectionError) -> bool {
+    matches!(
+        error,
+        quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+    )
+}
+
+/// The wait after a refusal at the hub's door: uniformly random between
+/// [`REFUSED_RETRY_MIN`] and [`REFUSED_RETRY_MAX`] (the jitter is in the range; add none).
+pub fn refused_retry() -> Duration {
+    let min = REFUSED_RETRY_MIN.as_millis() as u64;
+    let max = REFUSED_RETRY_MAX.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(min..=max))
+}
+
+/// Why a session ended other than cleanly or with the hub's `Busy`.
+#[derive(Debug)]
+enum Failure {
+    /// The hub refused the connection at its door ([`is_refusal`]).
+    Refused,
+    /// Anything else (unreachable, timed out, TLS, stream or protocol): what happened.
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Self {
+        Failure::Other(reason)
+    }
+}
 
 /// Whether the node is in session with the hub (for `/health`), and the branch peers' signed
 /// heads to relay.
@@ -114,29 +159,74 @@ pub async fn run(
         let wait = match identity::load(&data_dir) {
             Ok(identity) => {
                 match session(&engine, &clock, &identity, &link, &outbox, &mut stopped).await {
-                    Ok(Some(hint)) => hint,
+                    Ok(Some(hint)) => with_jitter(hint),
                     Ok(None) => {
                         backoff = BACKOFF_MIN;
-                        BACKOFF_MIN
+                        with_jitter(BACKOFF_MIN)
                     }
-                    Err(reason) => {
+                    Err(Failure::Refused) => {
+                        let wait = refused_retry();
+                        tracing::info!(retry_in = ?wait, "the hub is busy (connection refused at its door); lending continues offline");
+                        wait
+                    }
+                    Err(Failure::Other(reason)) => {
                         tracing::info!(%reason, retry_in = ?backoff, "hub not reachable; lending continues offline");
                         let this = backoff;
                         backoff = (backoff * 2).min(BACKOFF_MAX);
-                        this
+                        with_jitter(this)
                     }
                 }
             }
-            Err(_) => BACKOFF_MAX,
+            Err(_) => with_jitter(BACKOFF_MAX),
         };
         outbox.session_ended();
         link.connected.store(false, Ordering::Relaxed);
-        let jitter =
-            rand::rng().random_range(0..=wait.as_millis().min(u128::from(u32::MAX)) as u64 / 2);
         tokio::select! {
-            () = tokio::time::sleep(wait + Duration::from_millis(jitter)) => {}
+            () = tokio::time::sleep(wait) => {}
             () = wait_stopped(&mut stopped) => return,
         }
+    }
+}
+
+/// `wait` plus a random jitter of up to half of it.
+fn with_jitter(wait: Duration) -> Duration {
+    let half = wait.as_millis().min(u128::from(u32::MAX)) as u64 / 2;
+    wait + Duration::from_millis(rand::rng().random_range(0..=half))
+}
+
+/// Connects to the hub (resolve, then the QUIC handshake within [`CONNECT_TIMEOUT`]), telling
+/// a refusal at the hub's door apart from other failures.
+async fn connect_hub(
+    endpoint: &quinn::Endpoint,
+    hub: &str,
+    config: quinn::ClientConfig,
+) -> Result<quinn::Connection, Failure> {
+    let resolve = |reason: String| identity::ExchangeError::Resolve {
+        hub: hub.to_owned(),
+        reason,
+    };
+    let addr = tokio::net::lookup_host(hub)
+        .await
+        .map_err(|error| resolve(error.to_string()).to_string())?
+        .next()
+        .ok_or_else(|| resolve("no address".to_owned()).to_string())?;
+    let fail = |reason: String| {
+        Failure::Other(
+            identity::ExchangeError::Connect {
+                hub: hub.to_owned(),
+                reason,
+            }
+            .to_string(),
+        )
+    };
+    let connecting = endpoint
+        .connect_with(config, addr, HUB_SERVER_NAME)
+        .map_err(|error| fail(error.to_string()))?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) if is_refusal(&error) => Err(Failure::Refused),
+        Ok(Err(error)) => Err(fail(error.to_string())),
+        Err(_) => Err(fail(format!("no answer within {CONNECT_TIMEOUT:?}"))),
     }
 }
 
@@ -164,18 +254,12 @@ async fn session(
     link: &HubLink,
     outbox: &Outbox,
     stopped: &mut watch::Receiver<bool>,
-) -> Result<Option<Duration>, String> {
+) -> Result<Option<Duration>, Failure> {
     let config = identity::hub_client_config(identity).map_err(|e| e.to_string())?;
     let endpoint = identity::client_endpoint().map_err(|e| e.to_string())?;
     // A stop while connecting ends the attempt at once rather than after the timeout.
-    let connecting = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        identity::connect(&endpoint, &identity.hub, config, HUB_SERVER_NAME),
-    );
     let conn = tokio::select! {
-        connected = connecting => connected
-            .map_err(|_| "connecting timed out".to_string())?
-            .map_err(|e| e.to_string())?,
+        connected = connect_hub(&endpoint, &identity.hub, config) => connected?,
         () = wait_stopped(stopped) => return Ok(None),
     };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -301,7 +385,7 @@ async fn session(
             read = recv.read(&mut buf) => match read {
                 Ok(Some(n)) => session.handle_bytes(clock.read(), &buf[..n]).map_err(|e| e.to_string())?,
                 Ok(None) => return Ok(None),
-                Err(error) => return Err(error.to_string()),
+                Err(error) => return Err(error.to_string().into()),
             },
             () = changed.notified(), if session.is_established() => {
                 if let Some(body) = engine.sync_generate(HUB_PEER.into()).await.map_err(|e| e.to_string())? {
@@ -324,5 +408,43 @@ async fn session(
                 return Ok(None);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed(error_code: quinn::TransportErrorCode) -> quinn::ConnectionError {
+        quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code,
+            frame_type: None,
+            reason: Default::default(),
+        })
+    }
+
+    #[test]
+    fn only_a_refusal_at_the_door_counts_as_one() {
+        assert!(is_refusal(&closed(
+            quinn::TransportErrorCode::CONNECTION_REFUSED
+        )));
+        assert!(!is_refusal(&closed(
+            quinn::TransportErrorCode::PROTOCOL_VIOLATION
+        )));
+        assert!(!is_refusal(&quinn::ConnectionError::TimedOut));
+        assert!(!is_refusal(&quinn::ConnectionError::Reset));
+    }
+
+    #[test]
+    fn a_refused_device_comes_back_within_seconds_spread_out() {
+        let waits: Vec<Duration> = (0..500).map(|_| refused_retry()).collect();
+        assert!(
+            waits
+                .iter()
+                .all(|w| (REFUSED_RETRY_MIN..=REFUSED_RETRY_MAX).contains(w))
+        );
+        // Spread, not one value: a crowd turned away together must not return together.
+        let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 100, "{} distinct waits", distinct.len());
     }
 }

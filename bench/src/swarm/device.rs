@@ -3,8 +3,10 @@
 //! `Session` the way `edge-node/src/uplink.rs` runs it: a `Docs` listing and the first `Sync`
 //! of every document pipelined behind the `Hello`, the hub's relayed documents opened as it
 //! lists them, heartbeats, a `Sync` after every write, the hub's "come back later" honoured
-//! with the edge's jitter, and the edge's capped backoff after a failure. Sync progress per
-//! document survives a reconnect the way the edge persists it (encoded, in-flight forgotten).
+//! with the edge's jitter, a refusal at the hub's door retried after the edge's short random
+//! wait (`uplink::is_refusal`, `uplink::refused_retry`), and the edge's capped backoff after
+//! any other failure. Sync progress per document survives a reconnect the way the edge
+//! persists it (encoded, in-flight forgotten).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -18,7 +20,9 @@ use cartwise_edge_node::ledger::RentalRow;
 use cartwise_edge_node::live::LiveDoc;
 use cartwise_edge_node::store::open_connection;
 use cartwise_edge_node::timekeeping::Timeline;
-use cartwise_edge_node::uplink::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, PIPELINED_SYNCS_MAX};
+use cartwise_edge_node::uplink::{
+    BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, PIPELINED_SYNCS_MAX, is_refusal, refused_retry,
+};
 use cartwise_schema::{
     BootId, ClockReading, Hlc, MonoMillis, Phone, PostNo, RentalId, RentalStatus, Stamp, WallMillis,
 };
@@ -39,6 +43,8 @@ use super::fleet::{FleetDevice, POSTS_PER_DEVICE};
 const BOOT: &str = "0b1e3c2a-0000-4000-8000-00000005a4e1";
 /// Error messages kept for the report.
 const ERROR_SAMPLES_MAX: usize = 8;
+/// The pool's UDP socket buffers asked for, each way (capped by the kernel's maximum).
+const POOL_SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 /// Rounds the coordinator may run (connect, reconnect storm, …).
 pub const ROUNDS_MAX: usize = 4;
 
@@ -60,9 +66,10 @@ pub struct Stats {
     pub synced: [AtomicUsize; ROUNDS_MAX],
     /// Devices that finished their writes.
     pub written: AtomicUsize,
-    /// Connections that failed (QUIC or TLS handshake, including refusals at the door).
+    /// Connections that failed (QUIC or TLS handshake, timeout; not refusals at the door).
     pub connect_errors: AtomicU64,
-    /// Of `connect_errors`, connections the hub refused at the door (its handshake limit).
+    /// Connections the hub refused at its door (handshake slots and queue full), retried after
+    /// the edge's short random wait; the hub's "come back later", not errors.
     pub refused: AtomicU64,
     /// Sessions that ended in an error (stream, protocol, timeout, refusal) or a peer `Error`.
     pub session_errors: AtomicU64,
@@ -111,7 +118,18 @@ pub struct Pool {
 impl Pool {
     /// A pool connecting to `hub` with `heartbeat_ms` heartbeats.
     pub fn new(hub: SocketAddr, heartbeat_ms: u32) -> anyhow::Result<Self> {
-        let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        // Every device's traffic passes through this one socket (a real Pi has its own): give
+        // it large buffers, as the hub's, so the pool does not drop what the hub sends.
+        let socket = std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+        state.set_recv_buffer_size((&socket).into(), POOL_SOCKET_BUFFER_BYTES)?;
+        state.set_send_buffer_size((&socket).into(), POOL_SOCKET_BUFFER_BYTES)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            std::sync::Arc::new(quinn::TokioRuntime),
+        )?;
         Ok(Pool {
             endpoint,
             hub,
@@ -371,6 +389,8 @@ impl Device {
 enum End {
     /// The hub said `Busy`: come back after this long.
     Busy(Duration),
+    /// The hub refused the connection at its door.
+    Refused,
     /// The coordinator dropped the connection (a new round).
     Dropped,
     /// The coordinator stopped the pool.
@@ -393,30 +413,26 @@ pub async fn run(
             return device;
         }
         let wait = match session(&pool, &mut device, &mut control).await {
+            // As the edge: the hint plus jitter; the failure backoff is kept as it was.
             End::Busy(hint) => {
                 pool.stats.deferred.fetch_add(1, Ordering::Relaxed);
-                backoff = BACKOFF_MIN;
-                hint
+                with_jitter(hint)
             }
+            // The edge's wait after a refusal: random 1–10 s, jitter included, backoff kept.
+            End::Refused => refused_retry(),
             End::Dropped => Duration::ZERO,
             End::Stop => return device,
             End::Clean => {
                 backoff = BACKOFF_MIN;
-                BACKOFF_MIN
+                with_jitter(BACKOFF_MIN)
             }
             End::Failed => {
                 let this = backoff;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
-                this
+                with_jitter(this)
             }
         };
-        // The edge's jitter: up to half the wait again.
-        let jitter = if wait.is_zero() {
-            0
-        } else {
-            rand::rng().random_range(0..=wait.as_millis().min(u128::from(u32::MAX)) as u64 / 2)
-        };
-        let sleep = tokio::time::sleep(wait + Duration::from_millis(jitter));
+        let sleep = tokio::time::sleep(wait);
         tokio::pin!(sleep);
         loop {
             tokio::select! {
@@ -429,6 +445,12 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The edge's jitter: `wait` plus up to half of it again.
+fn with_jitter(wait: Duration) -> Duration {
+    let half = wait.as_millis().min(u128::from(u32::MAX)) as u64 / 2;
+    wait + Duration::from_millis(rand::rng().random_range(0..=half))
 }
 
 fn failed(stats: &Stats, counter: &AtomicU64, what: String) -> End {
@@ -450,12 +472,11 @@ async fn session(pool: &Pool, device: &mut Device, control: &mut watch::Receiver
         };
     let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => conn,
+        Ok(Err(error)) if is_refusal(&error) => {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            return End::Refused;
+        }
         Ok(Err(error)) => {
-            if let quinn::ConnectionError::ConnectionClosed(close) = &error
-                && close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
-            {
-                stats.refused.fetch_add(1, Ordering::Relaxed);
-            }
             return failed(stats, &stats.connect_errors, format!("connect: {error}"));
         }
         Err(_) => {
