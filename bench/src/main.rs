@@ -173,6 +173,34 @@ fn ingest(json: &Value) -> anyhow::Result<Vec<Metric>> {
             number(&json["latency_ms"]["p99"], "latency_ms.p99")?,
             "ms",
         ),
+        plain(
+            "hub_ingest_latency_p50_ms",
+            number(&json["latency_ms"]["p50"], "latency_ms.p50")?,
+            "ms",
+        ),
+        plain(
+            "hub_ingest_burst_latency_p99_ms",
+            number(&json["burst_latency_ms"]["p99"], "burst_latency_ms.p99")?,
+            "ms",
+        ),
+        against(
+            "hub_ingest_hub_only_events_per_s",
+            number(
+                &json["ingest_hub_only_events_per_second"],
+                "ingest_hub_only_events_per_second",
+            )?,
+            "events/s",
+            "raw_copy_rows_per_s",
+            number(&json["copy_rows_per_second"], "copy_rows_per_second")?,
+        ),
+        plain(
+            "raw_copy_bare_heap_rows_per_s",
+            number(
+                &json["copy_bare_heap_rows_per_second"],
+                "copy_bare_heap_rows_per_second",
+            )?,
+            "rows/s",
+        ),
     ])
 }
 
@@ -243,8 +271,8 @@ async fn sessions(root: &Path, bin: &Path, quick: bool) -> anyhow::Result<Vec<Me
     println!(
         "sessions: {} devices, {} s heartbeats: hub RSS {:.0} MB, hub CPU {:.1}% of a core over \
          {:.0} s (the device pool: {:.1}%); reconnect storm: every device synced again in \
-         {:.1} s, {} errors ({} of them refusals at the hub's handshake limit), {} deferrals \
-         (Busy) honoured; hub RSS peak {:.0} MB, CPU {:.0}% during it",
+         {:.1} s, {} errors, {} refusals at the hub's handshake door and {} deferrals (Busy) \
+         honoured; hub RSS peak {:.0} MB, CPU {:.0}% during it",
         r.sessions,
         r.heartbeat_s,
         r.hub_rss_mb,
@@ -272,6 +300,11 @@ async fn sessions(root: &Path, bin: &Path, quick: bool) -> anyhow::Result<Vec<Me
         plain("reconnect_storm_10k_s", r.storm_s, "s"),
         plain("reconnect_storm_errors", r.storm_errors as f64, "errors"),
         plain("reconnect_storm_deferrals", r.storm_deferred as f64, "Busy"),
+        plain(
+            "reconnect_storm_refusals",
+            r.storm_refused as f64,
+            "refused",
+        ),
     ])
 }
 

@@ -7,12 +7,17 @@
 //! documents). Measured in one run on a scratch database:
 //!
 //! - ingest: rental events per second reaching Postgres (each device lends N rentals, syncs,
-//!   returns them, syncs: 2·N events per device), beside a raw `COPY` of the same rows; then
+//!   returns them, syncs: 2·N events per device), beside a raw `COPY` of the same rows into
+//!   `rentals` itself (its key, indexes and foreign keys; rolled back) and, for reference,
+//!   into a bare heap of the same columns; then
 //!   the same again with the devices' document writes made before the clock starts (the hub's
 //!   share alone: in the field the edges' Automerge work runs on their own machines);
-//! - edge → Postgres latency: each device writes one rental and syncs, all at once, R rounds;
-//!   the time from the device's commit until the hub answers the message carrying it (the
-//!   hub answers after the transaction holding the rental row committed), p50/p99.
+//! - edge → Postgres latency: the time from a device's commit of a rental until the hub answers
+//!   the message carrying it (the hub answers after the transaction holding the rental row
+//!   committed), p50/p99, under two loads: steady (every device lends with exponentially
+//!   distributed gaps of mean 1 s, so 1,000 lends per second arrive independently; the suite's
+//!   number), and a burst (every device lends at once, R rounds: the last of a burst waits for
+//!   the whole burst).
 //!
 //! `cargo bench -p cartwise-cloud-hub --bench ingest -- [--quick] [--json FILE]`
 //! (`RUST_LOG=cartwise_cloud_hub::merge=debug` adds each merge pass's phase times on stderr).
@@ -225,12 +230,70 @@ async fn round(
     (out, latencies)
 }
 
-/// COPYs `rows` rental rows (the same shape the projection writes) into a scratch table.
-async fn raw_copy(pool: &PgPool, rows: usize) -> Duration {
-    sqlx::query("CREATE TABLE rentals_copy (LIKE rentals INCLUDING DEFAULTS)")
-        .execute(pool)
-        .await
-        .unwrap();
+/// Every device lends one rental and syncs it, again and again, with exponentially
+/// distributed gaps of mean `gap` (so the hub sees `devices / gap` lends per second on average,
+/// arriving independently, as a fleet's do), for `window`; returns the devices, each lend's
+/// latency (from the device's commit until the hub answered the message carrying it) and how
+/// many lends were made.
+async fn steady(
+    server: &Arc<SyncServer>,
+    devices: Vec<Device>,
+    gap: Duration,
+    window: Duration,
+) -> (Vec<Device>, Vec<Duration>) {
+    let until = Instant::now() + window;
+    let tasks: Vec<_> = devices
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut device)| {
+            let server = Arc::clone(server);
+            tokio::spawn(async move {
+                // xorshift64*, seeded per device: independent arrivals, same every run.
+                let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ (n as u64 + 1).wrapping_mul(0xD1B5);
+                let mut uniform = move || {
+                    state ^= state >> 12;
+                    state ^= state << 25;
+                    state ^= state >> 27;
+                    (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+                };
+                let mut latencies = Vec::new();
+                loop {
+                    let wait = gap.mul_f64(-(1.0 - uniform()).ln());
+                    if Instant::now() + wait >= until {
+                        break;
+                    }
+                    tokio::time::sleep(wait).await;
+                    device.lend();
+                    let since = Instant::now();
+                    latencies.push(device.sync(&server, since).await);
+                }
+                (device, latencies)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        let (device, mut own) = task.await.unwrap();
+        out.push(device);
+        latencies.append(&mut own);
+    }
+    (out, latencies)
+}
+
+/// Where a raw `COPY` of the rental rows goes.
+#[derive(Clone, Copy)]
+enum CopyInto {
+    /// The `rentals` table itself, with its keys, indexes and foreign keys (what the hub's
+    /// projection writes into); the transaction is rolled back afterwards.
+    Rentals,
+    /// A bare heap of the same columns: no key, no index, no constraint.
+    BareHeap,
+}
+
+/// COPYs `rows` rental rows (the same shape the projection writes) and returns the time the
+/// `COPY` took.
+async fn raw_copy(pool: &PgPool, rows: usize, into: CopyInto) -> Duration {
     let (cart, branch, device): (uuid::Uuid, uuid::Uuid, uuid::Uuid) = sqlx::query_as(
         "SELECT c.id, c.branch_id, d.id FROM carts c JOIN devices d ON d.branch_id = c.branch_id LIMIT 1",
     )
@@ -244,19 +307,89 @@ async fn raw_copy(pool: &PgPool, rows: usize) -> Duration {
             uuid::Uuid::now_v7()
         ));
     }
-    let mut conn = pool.acquire().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let table = match into {
+        CopyInto::Rentals => "rentals",
+        CopyInto::BareHeap => {
+            sqlx::query("CREATE TEMP TABLE rentals_copy (LIKE rentals INCLUDING DEFAULTS)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            "rentals_copy"
+        }
+    };
     let started = Instant::now();
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY rentals_copy (id, cart_id, branch_id, device_id, user_phone, start_time,
-                                expected_return, actual_return, status, duration_minutes, notes,
-                                return_cart_id, time_trusted) FROM STDIN (FORMAT csv)",
-        )
+    let mut copy = tx
+        .copy_in_raw(&format!(
+            "COPY {table} (id, cart_id, branch_id, device_id, user_phone, start_time,
+                           expected_return, actual_return, status, duration_minutes, notes,
+                           return_cart_id, time_trusted) FROM STDIN (FORMAT csv)"
+        ))
         .await
         .unwrap();
     copy.send(data.as_bytes()).await.unwrap();
     copy.finish().await.unwrap();
-    started.elapsed()
+    let took = started.elapsed();
+    tx.rollback().await.unwrap();
+    took
+}
+
+/// CPU seconds so far: this process's hub threads (the hub runtime's workers and blocking
+/// pool, all named `hub`), its other threads (the simulated devices), and every `postgres`
+/// process of the machine, from `/proc` (`utime + stime`, in USER_HZ = 100 ticks per second).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    hub: f64,
+    devices: f64,
+    postgres: f64,
+}
+
+fn proc_ticks(stat_path: &std::path::Path) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    // After the command name: state is field 3, utime 14 and stime 15 (1-based).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+fn cpu_now() -> Cpu {
+    let mut cpu = Cpu::default();
+    for entry in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Some((comm, ticks)) = proc_ticks(&entry.path().join("stat")) {
+            if comm == "hub" {
+                cpu.hub += ticks as f64 / 100.0;
+            } else {
+                cpu.devices += ticks as f64 / 100.0;
+            }
+        }
+    }
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Some((comm, ticks)) = proc_ticks(&entry.path().join("stat"))
+            && comm == "postgres"
+        {
+            cpu.postgres += ticks as f64 / 100.0;
+        }
+    }
+    cpu
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            hub: self.hub - earlier.hub,
+            devices: self.devices - earlier.devices,
+            postgres: self.postgres - earlier.postgres,
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -315,6 +448,7 @@ async fn main() {
     let (devices, _) = round(&server, devices, |_| {}).await;
 
     // Ingest: N lends per device, then their returns.
+    let cpu_before = cpu_now();
     let started = Instant::now();
     let lend_all = |d: &mut Device| {
         for _ in 0..10 {
@@ -334,6 +468,7 @@ async fn main() {
     let (devices, _) = round(&server, devices, lend).await;
     let (devices, _) = round(&server, devices, Device::return_all).await;
     let ingest = started.elapsed();
+    let ingest_cpu = cpu_now() - cpu_before;
     let events = device_count * rentals_each * 2;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rentals WHERE status = 'returned'")
         .fetch_one(&pool)
@@ -349,13 +484,20 @@ async fn main() {
     // machines the edges' Automerge work is not the hub's.
     let mut devices = devices;
     devices.iter_mut().for_each(lend);
+    let cpu_before = cpu_now();
     let started = Instant::now();
     let (mut devices, _) = round(&server, devices, |_| {}).await;
     let mut hub_only = started.elapsed();
+    let mut hub_only_cpu = cpu_now() - cpu_before;
     devices.iter_mut().for_each(Device::return_all);
+    let cpu_before = cpu_now();
     let started = Instant::now();
     let (devices, _) = round(&server, devices, |_| {}).await;
     hub_only += started.elapsed();
+    let second = cpu_now() - cpu_before;
+    hub_only_cpu.hub += second.hub;
+    hub_only_cpu.devices += second.devices;
+    hub_only_cpu.postgres += second.postgres;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rentals WHERE status = 'returned'")
         .fetch_one(&pool)
         .await
@@ -366,7 +508,16 @@ async fn main() {
         "every rental reached Postgres"
     );
 
-    // Latency: one new rental per device, all devices at once, several rounds.
+    // Latency under a steady load: lends arriving independently at `device_count / gap` per
+    // second, the hub's usual day (a busy branch lends a cart every few seconds per kiosk).
+    let steady_gap = Duration::from_secs(1);
+    let steady_window = Duration::from_secs(if args.quick { 4 } else { 10 });
+    let (devices, mut steady_latencies) = steady(&server, devices, steady_gap, steady_window).await;
+    steady_latencies.sort();
+    let steady_rate = steady_latencies.len() as f64 / steady_window.as_secs_f64();
+
+    // Latency of a burst: one new rental per device, all devices at once, several rounds
+    // (the last of a burst waits for the whole burst to be merged before it).
     let mut latencies = Vec::new();
     let mut devices = devices;
     for _ in 0..latency_rounds {
@@ -377,10 +528,12 @@ async fn main() {
     latencies.sort();
     drop(devices);
 
-    let copy = raw_copy(&pool, events).await;
+    let copy = raw_copy(&pool, events, CopyInto::Rentals).await;
+    let copy_heap = raw_copy(&pool, events, CopyInto::BareHeap).await;
     let ingest_rate = events as f64 / ingest.as_secs_f64();
     let hub_only_rate = events as f64 / hub_only.as_secs_f64();
     let copy_rate = events as f64 / copy.as_secs_f64();
+    let copy_heap_rate = events as f64 / copy_heap.as_secs_f64();
     let p50 = percentile(&latencies, 0.50);
     let p99 = percentile(&latencies, 0.99);
     println!("hub ingest, {device_count} devices in-process through the merge path (no QUIC)");
@@ -392,16 +545,41 @@ async fn main() {
     );
     println!("| ingest rate | {ingest_rate:.0} events/s |");
     println!(
-        "| raw COPY of the same rows | {copy_rate:.0} rows/s ({:.3} s) |",
+        "| raw COPY of the same rows into `rentals` | {copy_rate:.0} rows/s ({:.3} s) |",
         copy.as_secs_f64()
+    );
+    println!(
+        "| raw COPY of the same rows into a bare heap (no key, index or constraint) | {copy_heap_rate:.0} rows/s ({:.3} s) |",
+        copy_heap.as_secs_f64()
     );
     println!("| ingest / COPY | {:.3} |", ingest_rate / copy_rate);
     println!(
         "| ingest, device writes made before the clock | {hub_only_rate:.0} events/s ({:.3} × COPY) |",
         hub_only_rate / copy_rate
     );
+    let per_event = |cpu: Cpu| {
+        format!(
+            "hub {:.0} µs, devices {:.0} µs, Postgres {:.0} µs",
+            cpu.hub * 1e6 / events as f64,
+            cpu.devices * 1e6 / events as f64,
+            cpu.postgres * 1e6 / events as f64
+        )
+    };
+    println!("| CPU per event, ingest | {} |", per_event(ingest_cpu));
     println!(
-        "| edge → Postgres latency ({} samples) | p50 {:.1} ms, p99 {:.1} ms |",
+        "| CPU per event, device writes made before the clock | {} |",
+        per_event(hub_only_cpu)
+    );
+    let steady_p50 = percentile(&steady_latencies, 0.50);
+    let steady_p99 = percentile(&steady_latencies, 0.99);
+    println!(
+        "| edge → Postgres latency, steady {steady_rate:.0} lends/s from {device_count} devices ({} samples) | p50 {:.1} ms, p99 {:.1} ms |",
+        steady_latencies.len(),
+        steady_p50.as_secs_f64() * 1e3,
+        steady_p99.as_secs_f64() * 1e3
+    );
+    println!(
+        "| edge → Postgres latency, all {device_count} devices at once ({} samples) | p50 {:.1} ms, p99 {:.1} ms |",
         latencies.len(),
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
@@ -413,11 +591,25 @@ async fn main() {
             "ingest_seconds": ingest.as_secs_f64(),
             "ingest_events_per_second": ingest_rate,
             "copy_rows_per_second": copy_rate,
+            "copy_into": "rentals (its keys, indexes and foreign keys; rolled back)",
+            "copy_bare_heap_rows_per_second": copy_heap_rate,
             "ingest_over_copy": ingest_rate / copy_rate,
             "ingest_hub_only_events_per_second": hub_only_rate,
             "ingest_hub_only_over_copy": hub_only_rate / copy_rate,
-            "latency_ms": { "p50": p50.as_secs_f64() * 1e3, "p99": p99.as_secs_f64() * 1e3,
-                            "samples": latencies.len() },
+            "latency_ms": { "p50": steady_p50.as_secs_f64() * 1e3,
+                            "p99": steady_p99.as_secs_f64() * 1e3,
+                            "samples": steady_latencies.len(),
+                            "lends_per_second": steady_rate,
+                            "load": "steady: each device lends with exponential gaps of mean 1 s" },
+            "burst_latency_ms": { "p50": p50.as_secs_f64() * 1e3, "p99": p99.as_secs_f64() * 1e3,
+                                  "samples": latencies.len(),
+                                  "load": "every device lends at once, one round after another" },
+            "cpu_seconds": {
+                "ingest": { "hub": ingest_cpu.hub, "devices": ingest_cpu.devices,
+                            "postgres": ingest_cpu.postgres },
+                "hub_only": { "hub": hub_only_cpu.hub, "devices": hub_only_cpu.devices,
+                              "postgres": hub_only_cpu.postgres },
+            },
             "transport": "in-process merge API (no QUIC)",
         });
         std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).unwrap();

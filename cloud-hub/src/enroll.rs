@@ -472,7 +472,7 @@ pub async fn put_revoked_in_intents(
         .filter(|id| matches!(id, DocId::BranchIntents { branch: b, .. } if *b == branch))
         .max_by_key(DocId::epoch)
         .unwrap_or(DocId::branch_intents(branch));
-    let locked = docs_store::lock_versions(conn, &[(doc_id, branch, None)])
+    let locked = docs_store::lock_versions(conn, &[(doc_id, branch, None, false)])
         .await
         .map_err(stored)?
         .get(&doc_id)

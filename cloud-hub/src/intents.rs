@@ -726,7 +726,7 @@ async fn write_to_document(
     let doc_id = current_doc(conn, branch).await?;
     // Creates the row if missing, so concurrent creators of a branch's first intent wait here
     // for each other instead of both creating a document.
-    let locked = docs_store::lock_versions(conn, &[(doc_id, branch, None)])
+    let locked = docs_store::lock_versions(conn, &[(doc_id, branch, None, false)])
         .await
         .map_err(stored)?
         .get(&doc_id)

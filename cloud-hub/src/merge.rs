@@ -12,8 +12,9 @@
 //!   same worker, in order, and its cache needs no lock, while a branch's devices merge on
 //!   every worker at once. What crosses devices stays serial per branch: before projecting,
 //!   a pass takes a transaction-scoped advisory lock per branch it projects, in sorted order
-//!   (`lock_branches`), so a return closing another device's rental, or two epochs of one
-//!   device naming one rental, never interleave between workers. Within a pass the Automerge
+//!   (`lock_branches`), exclusive when it projects new returns and shared otherwise, so a
+//!   return closing another device's rental never interleaves with that rental's projection,
+//!   while passes that only lend and dock project side by side. Within a pass the Automerge
 //!   work is spread over one blocking task per core, each document whole on one task.
 //! - Decoding once: a written document's message goes through
 //!   `PeerDocState::receive_decoded`, which applies the changes the authority check decoded
@@ -228,26 +229,38 @@ fn shard(doc: &DocId, count: usize) -> usize {
 }
 
 /// Takes the transaction-scoped lock of each branch whose facts a pass projects, in one
-/// order (sorted keys), so two workers' passes project one branch one after the other:
-/// the cross-device steps (a return at one device closing another's rental, two epochs of
-/// one device naming the same rental) never interleave, and two passes never wait on each
-/// other's rows in opposite orders. Held until the pass commits.
-async fn lock_branches(conn: &mut PgConnection, branches: &[BranchId]) -> Result<(), String> {
-    let mut keys: Vec<i64> = branches
-        .iter()
-        .map(|branch| branch_lock_key(*branch))
-        .collect();
-    if keys.is_empty() {
+/// order (sorted keys), held until the pass commits; two passes never wait on each other's
+/// locks in opposite orders.
+///
+/// What crosses devices is a return recorded at one device of a rental another device started
+/// (`project::project_returns`, `close_from_returns`, `mark_folded`): a pass projecting new
+/// returns takes its branch's lock exclusively, every other pass shares it. So a return and the
+/// rental it closes are never projected by two transactions at once (neither would see the
+/// other's uncommitted row and the rental would stay open), while the passes of a branch's
+/// devices that only lend, dock and report project side by side. Two epochs of one device
+/// naming the same rental need no lock: a device's documents are all merged by one worker.
+async fn lock_branches(
+    conn: &mut PgConnection,
+    branches: &[(BranchId, bool)],
+) -> Result<(), String> {
+    let mut locks: BTreeMap<i64, bool> = BTreeMap::new();
+    for (branch, exclusive) in branches {
+        *locks.entry(branch_lock_key(*branch)).or_default() |= *exclusive;
+    }
+    if locks.is_empty() {
         return Ok(());
     }
-    keys.sort_unstable();
-    keys.dedup();
-    // `unnest` yields the sorted array in order, so the locks are taken in that order.
-    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS t(k)")
-        .bind(&keys)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (keys, exclusive): (Vec<i64>, Vec<bool>) = locks.into_iter().unzip();
+    // `unnest` yields the sorted arrays in order, so the locks are taken in that order.
+    sqlx::query(
+        "SELECT CASE WHEN x THEN pg_advisory_xact_lock(k) ELSE pg_advisory_xact_lock_shared(k) END
+         FROM unnest($1::bigint[], $2::bool[]) AS t(k, x)",
+    )
+    .bind(&keys)
+    .bind(&exclusive)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -361,10 +374,15 @@ impl Worker {
     ) -> Result<Vec<(usize, Done)>, String> {
         let started = Instant::now();
         let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
-        let write_docs: Vec<(DocId, BranchId, Option<DeviceId>)> = groups
+        // (document, branch, owner, whether its row exists: a cached copy written at a
+        // version above 0 has one, as such rows are never deleted).
+        let write_docs: Vec<(DocId, BranchId, Option<DeviceId>, bool)> = groups
             .iter()
             .filter(|(_, jobs)| jobs.iter().any(|(_, j)| writes(j)))
-            .map(|(doc, jobs)| (*doc, jobs[0].1.peer.branch, owner_device(doc)))
+            .map(|(doc, jobs)| {
+                let exists = self.cache.get(doc).is_some_and(|c| c.version > 0);
+                (*doc, jobs[0].1.peer.branch, owner_device(doc), exists)
+            })
             .collect();
         let mut versions = docs_store::lock_versions(&mut tx, &write_docs)
             .await
@@ -627,7 +645,10 @@ async fn store_results(
     }
     let mut refused: HashMap<usize, Vec<String>> = HashMap::new();
     if !inputs.is_empty() {
-        let branches: Vec<BranchId> = inputs.iter().map(|input| input.branch).collect();
+        let branches: Vec<(BranchId, bool)> = inputs
+            .iter()
+            .map(|input| (input.branch, project::has_new_returns(input)))
+            .collect();
         lock_branches(conn, &branches).await?;
         let answers = project::project_batch(conn, &inputs)
             .await

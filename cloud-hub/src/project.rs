@@ -196,6 +196,20 @@ pub async fn project_batch(
     Ok(answers)
 }
 
+/// Whether projecting `input` records returns it has not projected before: the one step of a
+/// projection that reaches another device's rows (the rental a return closes), for which the
+/// merge path takes its branch's lock exclusively.
+pub fn has_new_returns(input: &Input<'_>) -> bool {
+    match input.previous {
+        None => !input.facts.returns.is_empty(),
+        Some(previous) => input
+            .facts
+            .returns
+            .iter()
+            .any(|ret| !previous.returns.contains(ret)),
+    }
+}
+
 /// The entries of `facts` that are new or differ from `previous` (same device and branch).
 pub fn changed(previous: &DeviceFacts, facts: &DeviceFacts) -> DeviceFacts {
     fn fresh<T: PartialEq + Clone, K: Ord>(old: &[T], new: &[T], key: impl Fn(&T) -> K) -> Vec<T> {

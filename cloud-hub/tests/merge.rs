@@ -1,7 +1,8 @@
 //! The hub's merge path through its API (`Merger::submit`), against Postgres: many devices of
 //! one branch syncing at once converge in batches; replaying the same messages (on a warm or a
 //! cold hub) leaves the same rows; a return docked at another device closes the rental once
-//! and an older document state never reopens it; a second hub process's writes are not lost;
+//! and an older document state never reopens it, even when the rental and its return are synced
+//! at the same moment on different workers; a second hub process's writes are not lost;
 //! relayed documents are readable, not writable.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -429,6 +430,70 @@ async fn a_return_elsewhere_closes_the_rental_once_and_old_states_never_reopen_i
             .await
             .unwrap();
     assert_eq!(pending, 0);
+}
+
+/// A rental and its return at another device, synced at the same moment by sessions merged on
+/// different workers: whichever transaction projects second must see the first, so the rental
+/// ends closed every time (the branch lock is taken exclusively by passes projecting returns,
+/// shared by the others, which meanwhile project side by side).
+#[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
+async fn a_rental_and_its_return_synced_at_once_always_close(pool: PgPool) {
+    seed_world(&pool).await;
+    let server = SyncServer::new(pool.clone(), Arc::new(HubClock::new()));
+    let mut pairs = Vec::new();
+    for n in 0..4_u32 {
+        let mut pair = Vec::new();
+        for side in ["origin", "dock"] {
+            let new = enroll::add_device(
+                &pool,
+                "ST-RA",
+                &format!("race-{side}-{n}"),
+                enroll::CODE_TTL_DEFAULT,
+            )
+            .await
+            .unwrap();
+            pair.push(Device::new(new.device));
+        }
+        let dock = pair.pop().unwrap();
+        let origin = pair.pop().unwrap();
+        pairs.push((origin, dock));
+    }
+    for round in 0..20_u32 {
+        let mut ids = Vec::new();
+        let mut tasks = Vec::new();
+        for (n, (mut origin, mut dock)) in std::mem::take(&mut pairs).into_iter().enumerate() {
+            let n = u32::try_from(n).unwrap();
+            let id = rental_id(1_000 + round * 10 + n);
+            let start = T0 + i64::from(round) * 60_000;
+            origin.rental(id, u64::from(1 + n), "active", start, None);
+            dock.returned(id, origin.id, u64::from(40 + n), start + 300_000);
+            ids.push(id);
+            let (s1, s2) = (Arc::clone(&server), Arc::clone(&server));
+            tasks.push(tokio::spawn(async move {
+                let (origin, dock) = tokio::join!(
+                    async move {
+                        origin.sync(&s1).await;
+                        origin
+                    },
+                    async move {
+                        dock.sync(&s2).await;
+                        dock
+                    }
+                );
+                (origin, dock)
+            }));
+        }
+        for task in tasks {
+            pairs.push(task.await.unwrap());
+        }
+        for id in ids {
+            assert_eq!(
+                status(&pool, id).await.as_deref(),
+                Some("returned"),
+                "round {round}: rental {id} stayed open beside its recorded return"
+            );
+        }
+    }
 }
 
 #[sqlx::test(migrator = "cartwise_cloud_hub::db::MIGRATOR")]
