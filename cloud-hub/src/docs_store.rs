@@ -123,19 +123,18 @@ pub async fn lock_versions(
     let mut sorted: Vec<&(DocId, BranchId, Option<DeviceId>, bool)> = docs.iter().collect();
     sorted.sort_by_key(|(doc, ..)| doc.to_string());
     let ids: Vec<String> = sorted.iter().map(|(doc, ..)| doc.to_string()).collect();
-    let branches: Vec<uuid::Uuid> = sorted.iter().map(|(_, b, ..)| *b.as_uuid()).collect();
-    let devices: Vec<Option<uuid::Uuid>> = sorted
-        .iter()
-        .map(|(_, _, d, _)| d.map(|d| *d.as_uuid()))
-        .collect();
     // Rows are created only for documents not known to have one (on a busy hub, almost
     // every document of a pass is cached, so this is usually one statement, not two).
-    let create: Vec<usize> = (0..sorted.len()).filter(|&i| !sorted[i].3).collect();
-    if !create.is_empty() {
-        let pick = |i: &usize| ids[*i].clone();
-        let create_ids: Vec<String> = create.iter().map(pick).collect();
-        let create_branches: Vec<uuid::Uuid> = create.iter().map(|&i| branches[i]).collect();
-        let create_devices: Vec<Option<uuid::Uuid>> = create.iter().map(|&i| devices[i]).collect();
+    let (mut create_ids, mut create_branches, mut create_devices) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for ((_, branch, device, exists), id) in sorted.iter().zip(&ids) {
+        if !exists {
+            create_ids.push(id.clone());
+            create_branches.push(*branch.as_uuid());
+            create_devices.push(device.map(|d| *d.as_uuid()));
+        }
+    }
+    if !create_ids.is_empty() {
         sqlx::query(
             "INSERT INTO sync_documents (doc_id, branch_id, device_id, snapshot)
              SELECT d, b, v, ''::bytea FROM UNNEST($1::text[], $2::uuid[], $3::uuid[]) AS t(d, b, v)
