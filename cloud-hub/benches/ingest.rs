@@ -381,6 +381,17 @@ fn cpu_now() -> Cpu {
     cpu
 }
 
+impl std::ops::Add for Cpu {
+    type Output = Cpu;
+    fn add(self, other: Cpu) -> Cpu {
+        Cpu {
+            hub: self.hub + other.hub,
+            devices: self.devices + other.devices,
+            postgres: self.postgres + other.postgres,
+        }
+    }
+}
+
 impl std::ops::Sub for Cpu {
     type Output = Cpu;
     fn sub(self, earlier: Cpu) -> Cpu {
@@ -494,10 +505,7 @@ async fn main() {
     let started = Instant::now();
     let (devices, _) = round(&server, devices, |_| {}).await;
     hub_only += started.elapsed();
-    let second = cpu_now() - cpu_before;
-    hub_only_cpu.hub += second.hub;
-    hub_only_cpu.devices += second.devices;
-    hub_only_cpu.postgres += second.postgres;
+    hub_only_cpu = hub_only_cpu + (cpu_now() - cpu_before);
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rentals WHERE status = 'returned'")
         .fetch_one(&pool)
         .await
