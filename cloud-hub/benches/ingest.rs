@@ -4,7 +4,9 @@
 //! Tokio runtime with its own connection pool, as it is its own process in the field: the
 //! simulated devices share the machine's cores with it, not its task queue (on one runtime a
 //! merge pass's Postgres replies waited behind hundreds of device tasks writing their
-//! documents). Measured in one run on a scratch database:
+//! documents). The devices drop acknowledged rentals from their documents as the edge does,
+//! and the scratch database starts with a history (100 closed rentals per device, analyzed),
+//! as a hub that has run for a while has. Measured in one run on a scratch database:
 //!
 //! - ingest: rental events per second reaching Postgres (each device lends N rentals, syncs,
 //!   returns them, syncs: 2·N events per device), beside a raw `COPY` of the same rows into
@@ -34,13 +36,15 @@ use cartwise_cloud_hub::clock::HubClock;
 use cartwise_cloud_hub::merge::{Access, Job, Work};
 use cartwise_cloud_hub::sync_server::SyncServer;
 use cartwise_cloud_hub::{db, seed, world::World};
-use cartwise_schema::{BranchId, ChainId, DeviceId};
+use cartwise_schema::{BranchId, ChainId, DeviceId, RentalId};
 use cartwise_sync_core::identity::{PeerIdentity, Role};
 use cartwise_sync_core::{DocId, HubActors, PeerDocState, device_actor};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
 const T0: i64 = 1_795_248_000_000;
+/// Closed rentals already in Postgres before the run, per device.
+const HISTORY_PER_DEVICE: usize = 100;
 
 struct Args {
     quick: bool,
@@ -122,6 +126,23 @@ impl Device {
         self.doc.commit();
     }
 
+    /// Drops acknowledged rentals from the document, as the edge does on a `LedgerAck`
+    /// (`edge-node/src/engine/sync.rs`): the deletion is itself a change the next message
+    /// carries, and the document stays as small as an edge's live document.
+    fn drop_acked(&mut self, acked: &[RentalId]) {
+        if acked.is_empty() {
+            return;
+        }
+        let rentals = self.doc.get(ROOT, "rentals").unwrap().unwrap().1;
+        for id in acked {
+            let key = id.to_string();
+            if self.doc.get(&rentals, key.as_str()).unwrap().is_some() {
+                self.doc.delete(&rentals, key.as_str()).unwrap();
+            }
+        }
+        self.doc.commit();
+    }
+
     /// Syncs until settled; returns the time until the hub answered the first message
     /// (which, with shared heads, is the one carrying the new changes).
     async fn sync(&mut self, server: &SyncServer, since: Instant) -> Duration {
@@ -145,6 +166,7 @@ impl Device {
                     if let Some(reply) = merged.reply {
                         self.mine.receive(&mut self.doc, &reply, &actors).unwrap();
                     }
+                    self.drop_acked(&merged.acked);
                 }
                 Err(error) => panic!("merge failed: {error}"),
             }
@@ -200,6 +222,47 @@ async fn devices(pool: &PgPool, count: usize) -> Vec<Device> {
         }));
     }
     out
+}
+
+/// Gives the hub a history, as a hub that has run for a while has: `rows` closed rentals of
+/// the devices, spread over their branches' carts, then `ANALYZE`, so the projection writes
+/// into indexes of a realistic size and Postgres plans for them (on a table planned while it
+/// was empty, a cached plan scans it whole).
+async fn seed_history(pool: &PgPool, devices: &[Device], rows: usize) {
+    let carts: Vec<(uuid::Uuid, uuid::Uuid)> =
+        sqlx::query_as("SELECT branch_id, id FROM carts ORDER BY branch_id, cart_number")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let mut data = String::new();
+    for n in 0..rows {
+        let device = &devices[n % devices.len()].peer;
+        let branch = *device.branch.as_uuid();
+        let mine: Vec<uuid::Uuid> = carts
+            .iter()
+            .filter(|(b, _)| *b == branch)
+            .map(|(_, c)| *c)
+            .collect();
+        let cart = mine[n % mine.len()];
+        let day = n % 28 + 1;
+        data.push_str(&format!(
+            "{},{cart},{branch},{},+972521234567,2026-10-{day:02} 08:00:00+00,2026-10-{day:02} 10:00:00+00,2026-10-{day:02} 09:00:00+00,returned,60,,,true\n",
+            uuid::Uuid::now_v7(),
+            device.device.as_uuid()
+        ));
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY rentals (id, cart_id, branch_id, device_id, user_phone, start_time,
+                           expected_return, actual_return, status, duration_minutes, notes,
+                           return_cart_id, time_trusted) FROM STDIN (FORMAT csv)",
+        )
+        .await
+        .unwrap();
+    copy.send(data.as_bytes()).await.unwrap();
+    copy.finish().await.unwrap();
+    sqlx::query("ANALYZE").execute(&mut *conn).await.unwrap();
 }
 
 /// Runs `step` then a sync on every device at once; returns the devices and the latencies.
@@ -454,6 +517,8 @@ async fn main() {
         SyncServer::new(hub_pool.clone(), Arc::new(HubClock::new()))
     };
     let devices = devices(&pool, device_count).await;
+    let history = HISTORY_PER_DEVICE * device_count;
+    seed_history(&pool, &devices, history).await;
 
     // First contact (empty documents), not timed.
     let (devices, _) = round(&server, devices, |_| {}).await;
@@ -487,7 +552,7 @@ async fn main() {
         .unwrap();
     assert_eq!(
         rows as usize,
-        device_count * rentals_each,
+        history + device_count * rentals_each,
         "every rental reached Postgres"
     );
 
@@ -512,7 +577,7 @@ async fn main() {
         .unwrap();
     assert_eq!(
         rows as usize,
-        2 * device_count * rentals_each,
+        history + 2 * device_count * rentals_each,
         "every rental reached Postgres"
     );
 

@@ -779,6 +779,10 @@ fn merge_doc(task: DocTask) -> DocResult {
     let before = document.get_heads();
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut received = false;
+    // The bytes of every change applied, while all of them came through `receive_decoded`
+    // (`None` once one came another way): then the chunk to store is these bytes, not
+    // `save_after`, which builds the same changes again from the document.
+    let mut chunk = Some(Vec::new());
     for (index, mut job) in jobs {
         let result = match &job.work {
             Work::Generate => Ok(()),
@@ -788,9 +792,14 @@ fn merge_doc(task: DocTask) -> DocResult {
                     Access::Write => job
                         .state
                         .receive_decoded(&mut document, body, &actors)
-                        .map(|_| ())
+                        .map(|received| {
+                            if let Some(chunk) = &mut chunk {
+                                chunk.extend_from_slice(&received.applied);
+                            }
+                        })
                         .map_err(sync_error),
                     Access::Read | Access::Relay(_) => {
+                        chunk = None;
                         receive_read_only(&mut document, &mut job.state, body, &actors, &job.access)
                     }
                 };
@@ -802,7 +811,7 @@ fn merge_doc(task: DocTask) -> DocResult {
     }
     let after = document.get_heads();
     let write = (after != before).then(|| {
-        let chunk = document.save_after(&before);
+        let chunk = chunk.unwrap_or_else(|| document.save_after(&before));
         let heads: Vec<u8> = after.iter().flat_map(|h| h.0).collect();
         if locked.compaction_due(chunk.len()) {
             (DocWrite::Snapshot(document.save()), heads)

@@ -530,10 +530,22 @@ impl RentalRows {
 }
 
 /// Closes the open rentals among `rentals` that have a recorded return; returns their ids.
+///
+/// Returns recorded at another device are rare, so the recorded ones are looked up first in
+/// `rental_returns` alone and the update runs only for them: `rentals` is the hub's largest
+/// table, and a plan cached while it was small scans it whole on every pass.
 async fn close_from_returns(
     conn: &mut PgConnection,
     rentals: &[Uuid],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
+    let recorded: Vec<Uuid> =
+        sqlx::query_scalar("SELECT rental_id FROM rental_returns WHERE rental_id = ANY($1)")
+            .bind(rentals)
+            .fetch_all(&mut *conn)
+            .await?;
+    if recorded.is_empty() {
+        return Ok(Vec::new());
+    }
     sqlx::query_scalar(
         "UPDATE rentals r SET status = x.status, actual_return = x.end_at,
              duration_minutes = GREATEST(0, floor(extract(epoch FROM x.end_at - r.start_time) / 60))::int,
@@ -544,7 +556,7 @@ async fn close_from_returns(
            AND x.origin_device_id = r.device_id AND r.status IN ('unlocking', 'active')
          RETURNING r.id",
     )
-    .bind(rentals)
+    .bind(&recorded)
     .fetch_all(&mut *conn)
     .await
 }

@@ -25,7 +25,7 @@
 
 use std::collections::BTreeSet;
 
-use automerge::{ActorId, Automerge, Change, sync};
+use automerge::{ActorId, Automerge, Change, ReadDoc, sync};
 use cartwise_schema::{ChainId, DeviceId};
 use sha2::{Digest, Sha256};
 
@@ -150,6 +150,56 @@ pub fn check_sync_message(
     let changes =
         changes_in(message).map_err(|reason| AuthorityError::Undecodable { doc: *doc, reason })?;
     check_changes(doc, &changes, hub_actors)?;
+    Ok(changes)
+}
+
+/// [`check_sync_message`] for a receiver holding `document`: decodes and checks only the
+/// changes of `message` that `document` lacks, the ones applying the message would add (a
+/// change it holds was checked when it arrived), and returns them.
+///
+/// Why: a peer sending more than a third of its document sends all of it as one document
+/// chunk (Automerge's sync), and turning every change of that chunk back into a change costs
+/// a pass over the whole document; here only the new ones are taken out of it
+/// (`Automerge::get_changes_added`).
+pub fn check_new_changes(
+    doc: &DocId,
+    message: &sync::Message,
+    hub_actors: &HubActors,
+    document: &Automerge,
+) -> Result<Vec<Change>, AuthorityError> {
+    let changes = new_changes_in(message, document)
+        .map_err(|reason| AuthorityError::Undecodable { doc: *doc, reason })?;
+    check_changes(doc, &changes, hub_actors)?;
+    Ok(changes)
+}
+
+/// The changes of the message's chunk list that `document` lacks, or why a chunk could not be
+/// decoded (every chunk is decoded, whether or not its changes are new).
+pub fn new_changes_in(
+    message: &sync::Message,
+    document: &Automerge,
+) -> Result<Vec<Change>, String> {
+    let mut changes = Vec::new();
+    for item in message.changes.iter() {
+        let mut rest = item;
+        while !rest.is_empty() {
+            let (chunk_type, chunk_len) = chunk_header(rest)?;
+            let (chunk, after) = rest.split_at(chunk_len);
+            if chunk_type == CHUNK_DOCUMENT {
+                let sent = Automerge::load(chunk).map_err(|error| error.to_string())?;
+                changes.extend(document.get_changes_added(&sent));
+            } else {
+                let mut decoded = Vec::new();
+                decode_chunk(chunk_type, chunk, &mut decoded)?;
+                changes.extend(
+                    decoded
+                        .into_iter()
+                        .filter(|change| document.get_change_by_hash(&change.hash()).is_none()),
+                );
+            }
+            rest = after;
+        }
+    }
     Ok(changes)
 }
 

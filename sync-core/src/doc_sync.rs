@@ -20,7 +20,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::{AutoCommit, Automerge, AutomergeError, ChangeHash};
 use sha2::{Digest, Sha256};
 
-use crate::authority::{AuthorityError, HubActors, check_sync_message};
+use crate::authority::{AuthorityError, HubActors, check_new_changes, check_sync_message};
 use crate::doc_id::DocId;
 use crate::frame::FRAME_LEN_MAX;
 use crate::message::SyncBody;
@@ -239,10 +239,15 @@ pub enum DocSyncError {
 /// What receiving a `Sync` body did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
-    /// Changes the message carried, all checked (some may have been known already).
+    /// Changes the message carried, all checked: by `receive`, every one (some may have been
+    /// known already); by `receive_decoded`, the ones the document lacked.
     pub changes_checked: usize,
     /// Whether the document's heads moved.
     pub heads_changed: bool,
+    /// The changes applied, encoded one after another in the order applied: the bytes
+    /// `Automerge::save_after` gives for them, without building them again from the document.
+    /// Filled by `receive_decoded` only (`receive` leaves it empty).
+    pub applied: Vec<u8>,
 }
 
 /// The sync progress of one document with one peer.
@@ -338,6 +343,7 @@ impl PeerDocState {
             return Ok(Received {
                 changes_checked: 0,
                 heads_changed: false,
+                applied: Vec::new(),
             });
         };
         let changes = check_sync_message(&self.doc, &message, hub_actors)?;
@@ -348,15 +354,18 @@ impl PeerDocState {
         Ok(Received {
             changes_checked: changes.len(),
             heads_changed: document.current_heads() != before,
+            applied: Vec::new(),
         })
     }
 
     /// [`receive`](Self::receive) for an [`Automerge`] document (the hub's), decoding the
     /// message's changes once: the changes the authority check decoded are the ones applied
     /// (`Automerge::apply_changes`), where `receive` has Automerge decode the same chunks a
-    /// second time. Same contract and same resulting sync state: a malformed or refused
-    /// message applies nothing and leaves the state unchanged; a read-only state applies no
-    /// changes.
+    /// second time; and only the changes the document lacks are taken out of the message and
+    /// checked (`authority::check_new_changes`: a whole document sent as one chunk is not
+    /// turned back into every one of its changes). Same contract and same resulting sync
+    /// state: a malformed or refused message applies nothing and leaves the state unchanged; a
+    /// read-only state applies no changes.
     ///
     /// Automerge's own receive applies the chunks, then advances the shared heads over what
     /// they added, then reads the rest of the message. Here the checked changes are applied
@@ -379,11 +388,13 @@ impl PeerDocState {
             return Ok(Received {
                 changes_checked: 0,
                 heads_changed: false,
+                applied: Vec::new(),
             });
         };
-        let changes = check_sync_message(&self.doc, &message, hub_actors)?;
+        let changes = check_new_changes(&self.doc, &message, hub_actors, document)?;
         let changes_checked = changes.len();
         let before = document.get_heads();
+        let mut applied = Vec::new();
         if message.changes.is_empty() {
             document
                 .receive_sync_message(&mut self.state, message)
@@ -391,6 +402,9 @@ impl PeerDocState {
         } else {
             message.changes = sync::ChunkList::empty();
             if !self.state.read_only {
+                for change in &changes {
+                    applied.extend_from_slice(change.raw_bytes());
+                }
                 document
                     .apply_changes(changes)
                     .map_err(|error| self.apply_error(error))?;
@@ -406,6 +420,7 @@ impl PeerDocState {
         Ok(Received {
             changes_checked,
             heads_changed: document.get_heads() != before,
+            applied,
         })
     }
 

@@ -52,8 +52,8 @@ impl Hub {
 }
 
 /// Syncs `device` with both hubs until quiet, one message at a time, checking after every
-/// step that the two paths answered alike; returns how many changes the device's messages
-/// carried.
+/// step that the two paths answered alike; returns how many new changes the device's
+/// messages carried.
 fn sync_both(device: &mut AutoCommit, mine: &mut PeerDocState, hubs: &mut [Hub; 2]) -> usize {
     let actors = HubActors::new([]);
     let mut carried = 0;
@@ -62,9 +62,20 @@ fn sync_both(device: &mut AutoCommit, mine: &mut PeerDocState, hubs: &mut [Hub; 
             return carried;
         };
         let [plain, decoded] = hubs;
+        let before = decoded.doc.get_heads();
         let a = plain.receive(&body).unwrap();
         let b = decoded.receive(&body).unwrap();
-        assert_eq!(a, b, "both paths report the same");
+        assert_eq!(
+            a.heads_changed, b.heads_changed,
+            "both paths report the same"
+        );
+        // `receive` checks every change carried, `receive_decoded` the new ones only.
+        assert!(b.changes_checked <= a.changes_checked);
+        assert_eq!(
+            b.applied,
+            decoded.doc.save_after(&before),
+            "the applied changes' bytes are what save_after gives for them"
+        );
         carried += b.changes_checked;
         assert_eq!(plain.doc.get_heads(), decoded.doc.get_heads());
         assert_eq!(plain.state.encode(), decoded.state.encode());
@@ -219,4 +230,38 @@ fn undecodable_changes_are_refused_through_receive_decoded() {
         hub.receive(&other),
         Err(DocSyncError::WrongDoc { .. })
     ));
+}
+
+/// A whole document sent to a hub that holds part of it: only the changes the hub lacks are
+/// taken out of it and checked, and a forged one among them is refused with nothing applied.
+#[test]
+fn a_forged_change_in_a_whole_document_to_a_holding_hub_is_refused() {
+    let id = DocId::device(owner());
+    let mut device = AutoCommit::new().with_actor(device_actor(&owner()));
+    let mut mine = PeerDocState::new(id);
+    let mut hubs = [Hub::new(id, false), Hub::new(id, true)];
+    for k in 0..3 {
+        lend(&mut device, &format!("r{k}"));
+    }
+    sync_both(&mut device, &mut mine, &mut hubs);
+    let heads = hubs[1].doc.get_heads();
+    for k in 0..5 {
+        if k == 2 {
+            device.set_actor(device_actor(&stranger()));
+            lend(&mut device, "forged");
+            device.set_actor(device_actor(&owner()));
+        } else {
+            lend(&mut device, &format!("n{k}"));
+        }
+    }
+    let body = mine.generate(&mut device).unwrap().unwrap();
+    let chunks = sync::Message::decode(&body.data)
+        .map(|m| m.changes.iter().count())
+        .unwrap_or(0);
+    assert_eq!(chunks, 1, "more than a third of the document travels whole");
+    assert!(matches!(
+        hubs[1].receive(&body),
+        Err(DocSyncError::Authority(AuthorityError::ForeignActor { .. }))
+    ));
+    assert_eq!(hubs[1].doc.get_heads(), heads, "nothing was applied");
 }
