@@ -180,42 +180,49 @@ pub fn new_changes_in(
     document: &Automerge,
 ) -> Result<Vec<Change>, String> {
     let mut changes = Vec::new();
-    for item in message.changes.iter() {
-        let mut rest = item;
-        while !rest.is_empty() {
-            let (chunk_type, chunk_len) = chunk_header(rest)?;
-            let (chunk, after) = rest.split_at(chunk_len);
-            if chunk_type == CHUNK_DOCUMENT {
-                let sent = Automerge::load(chunk).map_err(|error| error.to_string())?;
-                changes.extend(document.get_changes_added(&sent));
-            } else {
-                let mut decoded = Vec::new();
-                decode_chunk(chunk_type, chunk, &mut decoded)?;
-                changes.extend(
-                    decoded
-                        .into_iter()
-                        .filter(|change| document.get_change_by_hash(&change.hash()).is_none()),
-                );
-            }
-            rest = after;
+    for_each_chunk(message, |chunk_type, chunk| {
+        if chunk_type == CHUNK_DOCUMENT {
+            let sent = Automerge::load(chunk).map_err(|error| error.to_string())?;
+            changes.extend(document.get_changes_added(&sent));
+        } else {
+            let mut decoded = Vec::new();
+            decode_chunk(chunk_type, chunk, &mut decoded)?;
+            changes.extend(
+                decoded
+                    .into_iter()
+                    .filter(|change| document.get_change_by_hash(&change.hash()).is_none()),
+            );
         }
-    }
+        Ok(())
+    })?;
     Ok(changes)
 }
 
 /// Every change in the message's chunk list, or why one could not be decoded.
 pub fn changes_in(message: &sync::Message) -> Result<Vec<Change>, String> {
     let mut changes = Vec::new();
+    for_each_chunk(message, |chunk_type, chunk| {
+        decode_chunk(chunk_type, chunk, &mut changes)
+    })?;
+    Ok(changes)
+}
+
+/// Calls `each` with the type and bytes of every storage chunk in the message's chunk list, in
+/// order; stops at the first error, its own or a malformed chunk header.
+fn for_each_chunk(
+    message: &sync::Message,
+    mut each: impl FnMut(u8, &[u8]) -> Result<(), String>,
+) -> Result<(), String> {
     for item in message.changes.iter() {
         let mut rest = item;
         while !rest.is_empty() {
             let (chunk_type, chunk_len) = chunk_header(rest)?;
             let (chunk, after) = rest.split_at(chunk_len);
-            decode_chunk(chunk_type, chunk, &mut changes)?;
+            each(chunk_type, chunk)?;
             rest = after;
         }
     }
-    Ok(changes)
+    Ok(())
 }
 
 /// The type and total length (header included) of the chunk at the start of `bytes`.

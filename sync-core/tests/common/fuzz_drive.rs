@@ -51,6 +51,13 @@ fn check_payload(payload: &[u8]) {
             &sync,
             &HubActors::default(),
         );
+        // The hub's path: only the changes its document lacks.
+        let _ = cartwise_sync_core::authority::check_new_changes(
+            &body.doc,
+            &sync,
+            &HubActors::default(),
+            &automerge::Automerge::new(),
+        );
     }
 }
 
