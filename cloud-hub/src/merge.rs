@@ -18,7 +18,9 @@
 //!   work is spread over one blocking task per core, each document whole on one task.
 //! - Decoding once: a written document's message goes through
 //!   `PeerDocState::receive_decoded`, which applies the changes the authority check decoded
-//!   instead of having Automerge decode the message a second time.
+//!   instead of having Automerge decode the message a second time, takes only the changes the
+//!   hub lacks out of a whole-document chunk, and hands back their bytes: the chunk the pass
+//!   appends, without `save_after` building the same changes again.
 //! - Reading facts: `merge/read.rs` reads each map of a document once (`map_range`) instead of
 //!   a seek per field; reading a device's facts after every merge was most of a pass.
 //! - Other hub processes learn what a pass wrote from a `NOTIFY` sent at commit
