@@ -26,6 +26,7 @@
 //! Needs `DATABASE_URL` (a server where it may create and drop a scratch database).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -234,35 +235,55 @@ async fn seed_history(pool: &PgPool, devices: &[Device], rows: usize) {
             .fetch_all(pool)
             .await
             .unwrap();
+    let mut by_branch: HashMap<uuid::Uuid, Vec<uuid::Uuid>> = HashMap::new();
+    for (branch, cart) in carts {
+        by_branch.entry(branch).or_default().push(cart);
+    }
     let mut data = String::new();
     for n in 0..rows {
         let device = &devices[n % devices.len()].peer;
         let branch = *device.branch.as_uuid();
-        let mine: Vec<uuid::Uuid> = carts
-            .iter()
-            .filter(|(b, _)| *b == branch)
-            .map(|(_, c)| *c)
-            .collect();
-        let cart = mine[n % mine.len()];
+        let mine = &by_branch[&branch];
         let day = n % 28 + 1;
-        data.push_str(&format!(
-            "{},{cart},{branch},{},+972521234567,2026-10-{day:02} 08:00:00+00,2026-10-{day:02} 10:00:00+00,2026-10-{day:02} 09:00:00+00,returned,60,,,true\n",
-            uuid::Uuid::now_v7(),
-            device.device.as_uuid()
-        ));
+        push_rental_row(
+            &mut data,
+            mine[n % mine.len()],
+            branch,
+            *device.device.as_uuid(),
+            &format!("2026-10-{day:02}"),
+        );
     }
     let mut conn = pool.acquire().await.unwrap();
+    copy_rentals(&mut conn, "rentals", &data).await;
+    sqlx::query("ANALYZE").execute(&mut *conn).await.unwrap();
+}
+
+/// Appends one closed rental row, as the projection writes it, in `COPY … (FORMAT csv)` form.
+fn push_rental_row(
+    data: &mut String,
+    cart: uuid::Uuid,
+    branch: uuid::Uuid,
+    device: uuid::Uuid,
+    day: &str,
+) {
+    data.push_str(&format!(
+        "{},{cart},{branch},{device},+972521234567,{day} 08:00:00+00,{day} 10:00:00+00,{day} 09:00:00+00,returned,60,,,true\n",
+        uuid::Uuid::now_v7()
+    ));
+}
+
+/// `COPY`s rows made by [`push_rental_row`] into `table` (`rentals` or a copy of its columns).
+async fn copy_rentals(conn: &mut sqlx::PgConnection, table: &str, data: &str) {
     let mut copy = conn
-        .copy_in_raw(
-            "COPY rentals (id, cart_id, branch_id, device_id, user_phone, start_time,
+        .copy_in_raw(&format!(
+            "COPY {table} (id, cart_id, branch_id, device_id, user_phone, start_time,
                            expected_return, actual_return, status, duration_minutes, notes,
-                           return_cart_id, time_trusted) FROM STDIN (FORMAT csv)",
-        )
+                           return_cart_id, time_trusted) FROM STDIN (FORMAT csv)"
+        ))
         .await
         .unwrap();
     copy.send(data.as_bytes()).await.unwrap();
     copy.finish().await.unwrap();
-    sqlx::query("ANALYZE").execute(&mut *conn).await.unwrap();
 }
 
 /// Runs `step` then a sync on every device at once; returns the devices and the latencies.
@@ -365,10 +386,7 @@ async fn raw_copy(pool: &PgPool, rows: usize, into: CopyInto) -> Duration {
     .unwrap();
     let mut data = String::new();
     for _ in 0..rows {
-        data.push_str(&format!(
-            "{},{cart},{branch},{device},+972521234567,2026-11-21 08:00:00+00,2026-11-21 10:00:00+00,2026-11-21 09:00:00+00,returned,60,,,true\n",
-            uuid::Uuid::now_v7()
-        ));
+        push_rental_row(&mut data, cart, branch, device, "2026-11-21");
     }
     let mut tx = pool.begin().await.unwrap();
     let table = match into {
@@ -382,16 +400,7 @@ async fn raw_copy(pool: &PgPool, rows: usize, into: CopyInto) -> Duration {
         }
     };
     let started = Instant::now();
-    let mut copy = tx
-        .copy_in_raw(&format!(
-            "COPY {table} (id, cart_id, branch_id, device_id, user_phone, start_time,
-                           expected_return, actual_return, status, duration_minutes, notes,
-                           return_cart_id, time_trusted) FROM STDIN (FORMAT csv)"
-        ))
-        .await
-        .unwrap();
-    copy.send(data.as_bytes()).await.unwrap();
-    copy.finish().await.unwrap();
+    copy_rentals(&mut tx, table, &data).await;
     let took = started.elapsed();
     tx.rollback().await.unwrap();
     took
