@@ -135,6 +135,16 @@ fn advance_heads(
 /// envelope and the document id. Documents are rotated long before they approach it.
 pub const SYNC_DATA_LEN_MAX: usize = FRAME_LEN_MAX - 4096;
 
+/// Fewest changes the peer lacks for which a message may carry the whole document.
+///
+/// Automerge sends its whole document, compressed, instead of the changes the peer lacks when
+/// they are more than a third of its history and the peer takes such messages. For a backlog
+/// (a day offline) that saves bytes. For a burst of a few lends into a small live document it
+/// saves little, and it costs the receiver a load of the whole document and a rebuild of every
+/// change in it, to find the few it lacks: on the hub, several times the cost of decoding the
+/// changes alone. Below this many, changes go as changes.
+pub const WHOLE_DOC_CHANGES_MIN: usize = 64;
+
 /// A document that takes part in sync: [`Automerge`] or [`AutoCommit`].
 pub trait SyncDocument {
     /// `SyncDoc::generate_sync_message`.
@@ -147,6 +157,9 @@ pub trait SyncDocument {
     ) -> Result<(), AutomergeError>;
     /// The document's current heads.
     fn current_heads(&mut self) -> Vec<ChangeHash>;
+    /// How many of the document's changes are not below `heads` (from the change graph's
+    /// metadata alone; no change is built).
+    fn changes_after(&mut self, heads: &[ChangeHash]) -> usize;
 }
 
 impl SyncDocument for Automerge {
@@ -165,6 +178,10 @@ impl SyncDocument for Automerge {
     fn current_heads(&mut self) -> Vec<ChangeHash> {
         self.get_heads()
     }
+
+    fn changes_after(&mut self, heads: &[ChangeHash]) -> usize {
+        self.get_changes_meta(heads).len()
+    }
 }
 
 impl SyncDocument for AutoCommit {
@@ -182,6 +199,10 @@ impl SyncDocument for AutoCommit {
 
     fn current_heads(&mut self) -> Vec<ChangeHash> {
         self.get_heads()
+    }
+
+    fn changes_after(&mut self, heads: &[ChangeHash]) -> usize {
+        self.get_changes_meta(heads).len()
     }
 }
 
@@ -301,7 +322,12 @@ impl PeerDocState {
         &mut self,
         document: &mut impl SyncDocument,
     ) -> Result<Option<SyncBody>, DocSyncError> {
-        let Some(message) = document.generate_message(&mut self.state) else {
+        let message = if document.changes_after(&self.state.shared_heads) < WHOLE_DOC_CHANGES_MIN {
+            self.generate_as_changes(document)
+        } else {
+            document.generate_message(&mut self.state)
+        };
+        let Some(message) = message else {
             return Ok(None);
         };
         let idle = idle_heads(&message).filter(|_| !self.whole_next);
@@ -323,6 +349,18 @@ impl PeerDocState {
             doc: self.doc,
             data,
         }))
+    }
+
+    /// Generates as for a peer that cannot take a whole document, whatever it advertised
+    /// (see [`WHOLE_DOC_CHANGES_MIN`]); its capabilities are as before afterwards.
+    fn generate_as_changes(&mut self, document: &mut impl SyncDocument) -> Option<sync::Message> {
+        let advertised = self.state.their_capabilities.clone();
+        if let Some(capabilities) = &mut self.state.their_capabilities {
+            capabilities.retain(|capability| *capability != sync::Capability::MessageV2);
+        }
+        let message = document.generate_message(&mut self.state);
+        self.state.their_capabilities = advertised;
+        message
     }
 
     /// Checks and applies a received `Sync` body. A malformed or refused message (every error

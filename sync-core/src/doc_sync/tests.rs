@@ -94,16 +94,65 @@ fn lend(device: &mut AutoCommit, key: &str) {
     device.commit();
 }
 
-/// A whole-document message (first contact), change lists, several changes at once and idle
-/// rounds leave both hubs with the same document and the same sync state.
+/// `count` lends, one change each.
+fn lend_many(device: &mut AutoCommit, prefix: &str, count: usize) {
+    for k in 0..count {
+        lend(device, &format!("{prefix}-{k}"));
+    }
+}
+
+/// How many chunks the Automerge message in `body` carries (a whole document is one).
+fn chunks(body: &SyncBody) -> usize {
+    sync::Message::decode(&body.data)
+        .map(|m| m.changes.iter().count())
+        .unwrap_or(0)
+}
+
+/// The first message of `device` that carries changes to a fresh hub copy, after the
+/// handshake that tells the device the hub takes whole documents.
+fn first_carrying(device: &mut AutoCommit, id: DocId) -> SyncBody {
+    let mut mine = PeerDocState::new(id);
+    let mut hub = Hub::new(id, true);
+    for _ in 0..4 {
+        if let Some(body) = mine.generate(device).unwrap() {
+            if chunks(&body) > 0 {
+                return body;
+            }
+            hub.receive(&body).unwrap();
+        }
+        if let Some(reply) = hub.state.generate(&mut hub.doc).unwrap() {
+            mine.receive(device, &reply, &HubActors::new([])).unwrap();
+        }
+    }
+    panic!("the device never sent its changes");
+}
+
+/// A few changes travel as changes, even when they are the whole document and the peer takes
+/// whole documents; a backlog of `WHOLE_DOC_CHANGES_MIN` or more travels as one document.
+#[test]
+fn a_few_changes_travel_as_changes_and_a_backlog_as_the_whole_document() {
+    let id = DocId::device(owner());
+    let mut device = AutoCommit::new().with_actor(device_actor(&owner()));
+    lend_many(&mut device, "few", 10);
+    assert_eq!(chunks(&first_carrying(&mut device, id)), 10);
+    lend_many(&mut device, "backlog", WHOLE_DOC_CHANGES_MIN);
+    assert_eq!(chunks(&first_carrying(&mut device, id)), 1);
+}
+
+/// A whole-document message (first contact, and a backlog later), change lists, several
+/// changes at once and idle rounds leave both hubs with the same document and the same sync
+/// state.
 #[test]
 fn receive_decoded_does_what_receive_does() {
     let id = DocId::device(owner());
     let mut device = AutoCommit::new().with_actor(device_actor(&owner()));
     let mut mine = PeerDocState::new(id);
     let mut hubs = [Hub::new(id, false), Hub::new(id, true)];
-    lend(&mut device, "r0");
-    assert_eq!(sync_both(&mut device, &mut mine, &mut hubs), 1);
+    lend_many(&mut device, "first", WHOLE_DOC_CHANGES_MIN);
+    assert_eq!(
+        sync_both(&mut device, &mut mine, &mut hubs),
+        WHOLE_DOC_CHANGES_MIN
+    );
     for round in 1..4 {
         for k in 0..round * 3 {
             lend(&mut device, &format!("r{round}-{k}"));
@@ -111,6 +160,12 @@ fn receive_decoded_does_what_receive_does() {
         assert!(sync_both(&mut device, &mut mine, &mut hubs) >= round * 3);
         assert_eq!(hubs[1].doc.get_heads(), device.get_heads());
     }
+    // More than a third of the document, and enough to travel whole.
+    lend_many(&mut device, "backlog", 2 * WHOLE_DOC_CHANGES_MIN);
+    assert_eq!(
+        sync_both(&mut device, &mut mine, &mut hubs),
+        2 * WHOLE_DOC_CHANGES_MIN
+    );
     lend(&mut device, "last");
     assert_eq!(sync_both(&mut device, &mut mine, &mut hubs), 1);
     // In sync: nothing more to say either way.
@@ -155,14 +210,13 @@ fn a_forged_change_is_refused_through_receive_decoded() {
     assert!(hubs[1].doc.get(ROOT, "forged").unwrap().is_none());
 
     // The same forged history as a whole document, to a fresh hub copy.
+    lend_many(&mut device, "more", WHOLE_DOC_CHANGES_MIN);
     let mut fresh = Hub::new(id, true);
     let mut state = PeerDocState::new(id);
     let mut refused = 0;
     for _ in 0..4 {
         if let Some(body) = state.generate(&mut device).unwrap() {
-            let whole = sync::Message::decode(&body.data)
-                .map(|m| m.changes.iter().count())
-                .unwrap_or(0);
+            let whole = chunks(&body);
             match fresh.receive(&body) {
                 Err(DocSyncError::Authority(AuthorityError::ForeignActor { .. })) => {
                     assert_eq!(whole, 1, "the history travels as one whole document");
@@ -245,20 +299,17 @@ fn a_forged_change_in_a_whole_document_to_a_holding_hub_is_refused() {
     }
     sync_both(&mut device, &mut mine, &mut hubs);
     let heads = hubs[1].doc.get_heads();
-    for k in 0..5 {
-        if k == 2 {
-            device.set_actor(device_actor(&stranger()));
-            lend(&mut device, "forged");
-            device.set_actor(device_actor(&owner()));
-        } else {
-            lend(&mut device, &format!("n{k}"));
-        }
-    }
+    lend_many(&mut device, "before", WHOLE_DOC_CHANGES_MIN / 2);
+    device.set_actor(device_actor(&stranger()));
+    lend(&mut device, "forged");
+    device.set_actor(device_actor(&owner()));
+    lend_many(&mut device, "after", WHOLE_DOC_CHANGES_MIN / 2);
     let body = mine.generate(&mut device).unwrap().unwrap();
-    let chunks = sync::Message::decode(&body.data)
-        .map(|m| m.changes.iter().count())
-        .unwrap_or(0);
-    assert_eq!(chunks, 1, "more than a third of the document travels whole");
+    assert_eq!(
+        chunks(&body),
+        1,
+        "more than a third of the document, and a backlog: it travels whole"
+    );
     assert!(matches!(
         hubs[1].receive(&body),
         Err(DocSyncError::Authority(AuthorityError::ForeignActor { .. }))
