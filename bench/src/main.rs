@@ -428,6 +428,13 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    // Before the run, not after it: a report that cannot be written fails in a second.
+    if let Some(dir) = args.json.as_deref().and_then(Path::parent)
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {} for the report", dir.display()))?;
+    }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let root = workspace_root();
     let mut results = Vec::new();
