@@ -25,6 +25,20 @@ fn hub_actors() -> HubActors {
     HubActors::new([ActorId::from([0xFE; 16])])
 }
 
+/// The owner's device document id and a fresh device document written by its actor.
+fn owner_device() -> (DocId, AutoCommit) {
+    let id = DocId::device(owner());
+    (id, AutoCommit::new().with_actor(device_actor(&owner())))
+}
+
+/// [`owner_device`], its sync state with the hub, and two hub copies: the first receiving
+/// through `receive`, the second through `receive_decoded`.
+fn device_and_hubs() -> (DocId, AutoCommit, PeerDocState, [Hub; 2]) {
+    let (id, device) = owner_device();
+    let hubs = [Hub::new(id, false), Hub::new(id, true)];
+    (id, device, PeerDocState::new(id), hubs)
+}
+
 /// A hub's copy of one device document, received through one of the two paths.
 struct Hub {
     doc: Automerge,
@@ -131,8 +145,7 @@ fn first_carrying(device: &mut AutoCommit, id: DocId) -> SyncBody {
 /// whole documents; a backlog of `WHOLE_DOC_CHANGES_MIN` or more travels as one document.
 #[test]
 fn a_few_changes_travel_as_changes_and_a_backlog_as_the_whole_document() {
-    let id = DocId::device(owner());
-    let mut device = AutoCommit::new().with_actor(device_actor(&owner()));
+    let (id, mut device) = owner_device();
     lend_many(&mut device, "few", 10);
     assert_eq!(chunks(&first_carrying(&mut device, id)), 10);
     lend_many(&mut device, "backlog", WHOLE_DOC_CHANGES_MIN);
@@ -144,10 +157,7 @@ fn a_few_changes_travel_as_changes_and_a_backlog_as_the_whole_document() {
 /// state.
 #[test]
 fn receive_decoded_does_what_receive_does() {
-    let id = DocId::device(owner());
-    let mut device = AutoCommit::new().with_actor(device_actor(&owner()));
-    let mut mine = PeerDocState::new(id);
-    let mut hubs = [Hub::new(id, false), Hub::new(id, true)];
+    let (_, mut device, mut mine, mut hubs) = device_and_hubs();
     lend_many(&mut device, "first", WHOLE_DOC_CHANGES_MIN);
     assert_eq!(
         sync_both(&mut device, &mut mine, &mut hubs),
@@ -184,10 +194,7 @@ fn receive_decoded_does_what_receive_does() {
 /// the new path too: nothing of it is applied and the sync state does not move.
 #[test]
 fn a_forged_change_is_refused_through_receive_decoded() {
-    let id = DocId::device(owner());
-    let mut device = AutoCommit::new().with_actor(device_actor(&owner()));
-    let mut mine = PeerDocState::new(id);
-    let mut hubs = [Hub::new(id, false), Hub::new(id, true)];
+    let (id, mut device, mut mine, mut hubs) = device_and_hubs();
     lend(&mut device, "r0");
     sync_both(&mut device, &mut mine, &mut hubs);
     let heads = hubs[1].doc.get_heads();
@@ -238,8 +245,7 @@ fn a_forged_change_is_refused_through_receive_decoded() {
 /// Undecodable changes are refused and a garbled message is malformed, as through `receive`.
 #[test]
 fn undecodable_changes_are_refused_through_receive_decoded() {
-    let id = DocId::device(owner());
-    let mut device = AutoCommit::new().with_actor(device_actor(&owner()));
+    let (id, mut device) = owner_device();
     lend(&mut device, "r0");
     let mut state = PeerDocState::new(id);
     let body = state.generate(&mut device).unwrap().unwrap();
@@ -290,10 +296,7 @@ fn undecodable_changes_are_refused_through_receive_decoded() {
 /// taken out of it and checked, and a forged one among them is refused with nothing applied.
 #[test]
 fn a_forged_change_in_a_whole_document_to_a_holding_hub_is_refused() {
-    let id = DocId::device(owner());
-    let mut device = AutoCommit::new().with_actor(device_actor(&owner()));
-    let mut mine = PeerDocState::new(id);
-    let mut hubs = [Hub::new(id, false), Hub::new(id, true)];
+    let (_, mut device, mut mine, mut hubs) = device_and_hubs();
     for k in 0..3 {
         lend(&mut device, &format!("r{k}"));
     }
